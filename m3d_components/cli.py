@@ -1,0 +1,114 @@
+"""The ``m3d`` command line (Python Fire). It only wires arguments to library functions.
+
+Heavy imports happen inside each command, so ``m3d --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Sequence
+
+__all__ = ["M3DCommand", "main"]
+
+
+def _shape(value: str | Sequence[int], name: str) -> tuple[int, ...]:
+    """Accept ``32,64,64`` (Fire passes a tuple) or ``"32x64x64"``."""
+    parts = value if isinstance(value, (tuple, list)) else str(value).replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--{name} must be integers like 32,64,64, got {value!r}") from None
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"--{name} must be three positive integers D,H,W, got {value!r}")
+    return shape
+
+
+class PrepareCommand:
+    """Convert raw data to the canonical (1, D, H, W) [0, 1] volumes the models read."""
+
+    def volume(self, src: str, out: str, window: str = "abdomen", size="32,256,256", cache_dtype: str = "float32"):
+        """A NIfTI file or DICOM series → OUT (.npy) + OUT.json sidecar that maps boxes and masks back.
+
+        Args:
+            src: .nii / .nii.gz file, DICOM series folder or .dcm file.
+            out: output .npy path.
+            window: abdomen, lung, bone, brain (CT presets) or percentile (0.5–99.5 %, for MRI).
+            size: canonical D,H,W.
+            cache_dtype: float32 (as published), float16 or uint8 (compact caches).
+        """
+        from m3d_components.data.ingest import prepare_volume
+
+        sidecar = prepare_volume(src, out, window=window, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype)
+        print(json.dumps({"out": str(out), "canonical_shape": sidecar.get("canonical_shape")}))
+
+    def m3d_cap(self, raw: str, out: str, size="32,256,256", cache_dtype: str = "float32"):
+        """The published raw M3D-Cap layout (series folders of slice images + text.txt) → .npy + M3D_Cap.json."""
+        from m3d_components.data.prepare_cap import prepare_m3d_cap
+
+        print(json.dumps(prepare_m3d_cap(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype)))
+
+    def m3d_seg(self, raw: str, out: str, size="32,256,256"):
+        """The raw M3D-Seg release (or a Decathlon NIfTI folder) → LaMed-ready per-class masks + per-dataset JSON."""
+        from m3d_components.data.prepare_seg import prepare_m3d_seg
+
+        print(json.dumps(prepare_m3d_seg(raw, out, spatial_size=_shape(size, "size"))))
+
+
+class M3DCommand:
+    """M3D: 3D medical image analysis with multi-modal LLMs, as MONAI bundles."""
+
+    def __init__(self) -> None:
+        self.prepare = PrepareCommand()
+
+    def make_demo_data(self, out: str = "demo", n_train: int = 300, n_val: int = 30, n_test: int = 100,
+                       size="32,64,64", seed: int = 0):
+        """Write the synthetic demo corpus in every published M3D format (deterministic for a seed).
+
+        Args:
+            out: output folder.
+            n_train: training cases.
+            n_val: validation cases.
+            n_test: test cases.
+            size: volume D,H,W (32,64,64 for fast CPU demos; 32,256,256 is the paper size).
+            seed: random seed; the same seed writes the same bytes.
+        """
+        from m3d_components.data.demo import make_demo_data
+
+        manifest = make_demo_data(out, n_train=n_train, n_val=n_val, n_test=n_test, size=_shape(size, "size"), seed=seed)
+        print(json.dumps({"out": str(out), "counts": manifest.get("counts")}))
+
+    def validate_data(self, format: str, path: str, root: str | None = None, text_only: bool = False,
+                      shape: str | None = None):
+        """Check a dataset: one line per problem (file/row + reason), then a JSON summary; exit 1 on any error.
+
+        Args:
+            format: m3d-cap, m3d-vqa, m3d-seg or m3d-refseg.
+            path: the index file (split JSON / CSV) or, for m3d-seg, a per-dataset JSON or the M3D-Seg folder.
+            root: data root that relative paths start from (default: the index file's folder).
+            text_only: parse records only; do not open volumes and masks.
+            shape: expected canonical C,D,H,W of every volume, e.g. 1,32,256,256 (default: any (1, D, H, W)).
+        """
+        from m3d_components.data.validate import validate_data
+
+        image_shape = None
+        if shape is not None:
+            image_shape = tuple(int(v) for v in (shape if isinstance(shape, (tuple, list)) else str(shape).split(",")))
+        report = validate_data(format, path, root=root, text_only=text_only, image_shape=image_shape)
+        for line in report.problems:
+            print(line)
+        print(json.dumps(report.summary()))
+        if report.problems:
+            sys.exit(1)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    import fire
+
+    fire.Fire(M3DCommand(), name="m3d")
+
+
+if __name__ == "__main__":
+    main()
