@@ -38,10 +38,10 @@ class PrepareCommand:
             size: canonical D,H,W.
             cache_dtype: float32 (as published), float16 or uint8 (compact caches).
         """
-        from m3d_components.data.ingest import prepare_volume
+        from m3d_components.data.ingest import prepare_volume, sidecar_path
 
         sidecar = prepare_volume(src, out, window=window, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype)
-        print(json.dumps({"out": str(out), "canonical_shape": sidecar.get("canonical_shape")}))
+        print(json.dumps({"out": str(out), "sidecar": str(sidecar_path(out)), "spatial_size": sidecar["spatial_size"]}))
 
     def m3d_cap(self, raw: str, out: str, size="32,256,256", cache_dtype: str = "float32"):
         """The published raw M3D-Cap layout (series folders of slice images + text.txt) → .npy + M3D_Cap.json."""
@@ -62,7 +62,7 @@ class M3DCommand:
     def __init__(self) -> None:
         self.prepare = PrepareCommand()
 
-    def make_demo_data(self, out: str = "demo", n_train: int = 300, n_val: int = 30, n_test: int = 100,
+    def make_demo_data(self, out: str = "demo", n_train: int = 800, n_val: int = 40, n_test: int = 100,
                        size="32,64,64", seed: int = 0):
         """Write the synthetic demo corpus in every published M3D format (deterministic for a seed).
 

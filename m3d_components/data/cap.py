@@ -17,7 +17,7 @@ from m3d_components.data.errors import DataError
 from m3d_components.data.records import ErrorHandler, error_handler, resolve_path
 from m3d_components.data.report import extract_findings, shorten_report
 
-__all__ = ["CapDataset", "load_report", "read_cap_json", "read_cap_split"]
+__all__ = ["CapDataset", "load_report", "permute_texts", "read_cap_json", "read_cap_split"]
 
 
 def read_cap_json(path: str | os.PathLike) -> dict[str, list]:
@@ -74,6 +74,16 @@ def read_cap_split(
             handle(err)
     log.log_summary()
     return records
+
+
+def permute_texts(records: list[dict], seed: int) -> list[dict]:
+    """The same records with reports re-assigned to images by a seeded random permutation.
+
+    A control: a model trained on these pairings can only learn the text and image marginals, so its retrieval must
+    stay at chance — if it does not, the evaluation leaks.
+    """
+    order = random.Random(seed).sample(range(len(records)), len(records))
+    return [{**record, "text_path": records[j]["text_path"]} for record, j in zip(records, order)]
 
 
 def load_report(path: str | os.PathLike, max_words: int | None = None) -> str:

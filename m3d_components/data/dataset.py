@@ -12,10 +12,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 
 from m3d_components.data.volume import load_volume
 
-__all__ = ["RecordDataset"]
+__all__ = ["RecordDataset", "VolumeDataset"]
 
 Sample = dict[str, Any]
 
@@ -61,6 +62,16 @@ class RecordDataset(torch.utils.data.Dataset):
         """Read the record's files into a sample (image, masks, text fields). Subclasses add their fields."""
         return {"image": self.load_image(record), "image_path": str(record["image"])}
 
+    def _transform(self, sample: Sample) -> Sample:
+        """Run the transform on plain tensors: samples carry no affine worth tracking, and MetaTensor bookkeeping
+        made the augmentation chain several times slower than the model step on CPU. The global flag is restored."""
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            return self.transform(sample)
+        finally:
+            set_track_meta(tracking)
+
     def format(self, sample: Sample, rng: random.Random) -> Sample:
         """Add ``question``/``answer``/``task`` from the (transformed) sample. Subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__} must implement format()")
@@ -68,10 +79,22 @@ class RecordDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         sample = self.load(self.records[index])
         if self.transform is not None:
-            sample = self.transform(sample)
+            sample = self._transform(sample)
         sample = self.format(sample, self.rng(index))
         for key, value in sample.items():
             if isinstance(value, np.ndarray):
                 sample[key] = torch.from_numpy(np.ascontiguousarray(value))
         sample["task"] = self.task
+        return sample
+
+
+class VolumeDataset(RecordDataset):
+    """Volumes alone (e.g. for embedding inference): ``{"image", "image_path"}`` per ``.npy`` path."""
+
+    task = "volume"
+
+    def __init__(self, paths: Sequence[str], transform=None, image_shape=None) -> None:
+        super().__init__([{"image": p} for p in paths], transform, seed=0, image_shape=image_shape)
+
+    def format(self, sample: Sample, rng: random.Random) -> Sample:
         return sample

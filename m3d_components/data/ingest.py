@@ -1,0 +1,437 @@
+"""Own scans → canonical volume, with an exact way back to the scan.
+
+A NIfTI file or a DICOM series is read with MONAI ``LoadImage`` (world coordinates in RAS+ millimetres, as nibabel
+uses them), reoriented so that the canonical axes (D, H, W) run superior→inferior, anterior→posterior and patient
+right→left (axis codes ``"IPL"``: each letter names the direction an index increases towards), windowed to [0, 1],
+cropped to the foreground and resized with true 3D trilinear interpolation.
+
+Every MONAI step updates the affine of the ``MetaTensor`` it returns, so after the last step one matrix,
+``canonical_to_source = inv(source_affine) @ canonical_affine``, maps a canonical voxel index to a (fractional)
+source voxel index. It is written to a JSON sidecar with the source affine and shape; boxes and masks predicted on
+the canonical volume go back to the scan through it (:func:`box_to_source`, :func:`box_to_patient_mm`,
+:func:`mask_to_source`, :func:`write_mask_nifti`), and label maps come forward through it (:func:`prepare_mask`).
+Voxel indices denote voxel centres; a voxel covers ±0.5 around its index.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, get_track_meta, set_track_meta
+from monai.transforms import CropForeground, LoadImage, Orientation, Resize, ScaleIntensityRange, SpatialCrop
+from scipy import ndimage
+
+from m3d_components.data.errors import DataError
+from m3d_components.data.volume import CACHE_DTYPES, CANONICAL_SHAPE, check_volume, save_volume
+
+__all__ = [
+    "CANONICAL_AXCODES",
+    "PERCENTILES",
+    "SIDECAR_FORMAT",
+    "WINDOWS",
+    "box_to_patient_mm",
+    "box_to_source",
+    "check_options",
+    "check_spatial_size",
+    "load_sidecar",
+    "load_source",
+    "mask_to_source",
+    "prepare_mask",
+    "prepare_volume",
+    "sidecar_path",
+    "write_mask_nifti",
+]
+
+logger = logging.getLogger(__name__)
+
+CANONICAL_AXCODES = "IPL"
+#: CT presets as (width, level) in Hounsfield units.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (400.0, 40.0),
+    "lung": (1500.0, -600.0),
+    "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0),
+}
+#: Lower and upper percentile of the ``"percentile"`` window (for MRI and other uncalibrated intensities).
+PERCENTILES = (0.5, 99.5)
+SIDECAR_FORMAT = "m3d-ingest/1"
+
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_AFFINE_TOLERANCE = 1e-3
+_SIDECAR_KEYS = ("format", "source", "source_shape", "source_affine", "spatial_size", "canonical_to_source")
+
+
+def sidecar_path(out_npy: str | os.PathLike) -> Path:
+    """Where :func:`prepare_volume` writes the sidecar of ``out_npy``: the same name with ``.json``."""
+    return Path(out_npy).with_suffix(".json")
+
+
+def _reader_name(src: Path) -> str:
+    if src.is_dir() or src.suffix.lower() == ".dcm":
+        return "PydicomReader"
+    if src.name.lower().endswith(_NIFTI_SUFFIXES):
+        return "NibabelReader"
+    raise DataError(str(src), "unsupported input; expected a .nii/.nii.gz file, a .dcm file or a DICOM series folder")
+
+
+@contextmanager
+def _tracking_meta() -> Iterator[None]:
+    """MONAI transforms only update affines while meta tracking is on; a caller may have switched it off."""
+    previous = get_track_meta()
+    set_track_meta(True)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
+
+
+def _read(src: Path, what: str) -> MetaTensor:
+    if not src.exists():
+        raise DataError(str(src), f"{what} not found")
+    reader = _reader_name(src)
+    try:
+        with _tracking_meta():
+            return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(src))
+    except Exception as err:  # the readers raise many types for corrupt or foreign files
+        raise DataError(str(src), f"cannot read with {reader} ({type(err).__name__}: {err})") from err
+
+
+def load_source(src: str | os.PathLike) -> MetaTensor:
+    """Read a NIfTI file, a DICOM file or a DICOM series folder as a checked 3D scan.
+
+    For DICOM the source grid is the array MONAI builds: (column, row, slice), slices in position order.
+
+    Returns:
+        A float32 ``MetaTensor`` (1, X, Y, Z) whose ``affine`` maps voxel indices to RAS+ millimetres.
+
+    Raises:
+        DataError: missing or unreadable input, not 3D (2D, 4D or a single slice), NaN/inf, or constant values.
+    """
+    src = Path(src)
+    image = _read(src, "input")
+    spatial = tuple(image.shape[1:])
+    if len(spatial) != 3 or image.shape[0] != 1 or min(spatial) < 2:
+        raise DataError(str(src), f"expected a single-channel 3D scan, got array shape {tuple(image.shape)}")
+    if str(image.meta.get("space", "RAS")) != "RAS":
+        raise DataError(str(src), f"reader returned a {image.meta.get('space')} affine, expected RAS")
+    values = image.numpy()
+    if not np.isfinite(values).all():
+        raise DataError(str(src), f"scan holds {int((~np.isfinite(values)).sum())} NaN/inf value(s)")
+    if float(values.max()) - float(values.min()) <= 1e-8:
+        raise DataError(str(src), f"scan is constant (all values {float(values.min()):g})")
+    return image
+
+
+def _intensity_range(image: torch.Tensor, window: str, src: str) -> tuple[float, float]:
+    if window in WINDOWS:
+        width, level = WINDOWS[window]
+        return level - width / 2, level + width / 2
+    lo, hi = (float(v) for v in np.percentile(image.numpy(), PERCENTILES))
+    if hi - lo <= 1e-8:
+        raise DataError(src, f"the {PERCENTILES} percentiles are equal ({lo:g}); the percentile window is empty")
+    return lo, hi
+
+
+def _foreground_crop(image: MetaTensor, src: str) -> tuple[list[int], list[int]]:
+    start, end = CropForeground().compute_bounding_box(image)
+    if np.any(np.asarray(end) <= np.asarray(start)):
+        raise DataError(src, "no voxel lies above the window floor; choose another window")
+    return [int(v) for v in start], [int(v) for v in end]
+
+
+def check_spatial_size(spatial_size: Sequence[int]) -> tuple[int, int, int]:
+    """``spatial_size`` as a (D, H, W) tuple of positive ints.
+
+    Raises:
+        ValueError: not three positive integers.
+    """
+    size = tuple(int(s) for s in spatial_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"spatial_size must be three positive integers (D, H, W), got {tuple(spatial_size)}")
+    return size[0], size[1], size[2]
+
+
+def check_options(window: str, spatial_size: Sequence[int], cache_dtype: str) -> tuple[int, int, int]:
+    """Check the preparation options before any file is read; returns the (D, H, W) size.
+
+    Raises:
+        ValueError: unknown window or cache dtype, or a bad ``spatial_size``.
+    """
+    if window not in (*WINDOWS, "percentile"):
+        raise ValueError(f"window must be one of {(*WINDOWS, 'percentile')}, got {window!r}")
+    if cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype must be one of {CACHE_DTYPES}, got {cache_dtype!r}")
+    return check_spatial_size(spatial_size)
+
+
+def prepare_volume(
+    src: str | os.PathLike,
+    out_npy: str | os.PathLike,
+    window: str = "abdomen",
+    spatial_size: Sequence[int] = CANONICAL_SHAPE[1:],
+    cache_dtype: str = "float32",
+    crop_foreground: bool = True,
+) -> dict[str, Any]:
+    """Turn a NIfTI file or DICOM series into a canonical volume and write its sidecar.
+
+    Steps: orient to ``"IPL"``; window to [0, 1] (a CT preset from :data:`WINDOWS`, or ``"percentile"``: the
+    0.5–99.5 % range of the scan, for MRI); crop to the voxels above the window floor; resize with 3D trilinear
+    interpolation (``align_corners=False``, so voxel centres map linearly, which is what the sidecar records).
+
+    Args:
+        src: ``.nii``/``.nii.gz`` file, ``.dcm`` file or DICOM series folder.
+        out_npy: output ``.npy``; the sidecar goes to :func:`sidecar_path` of it.
+        window: ``"abdomen"``, ``"lung"``, ``"bone"``, ``"brain"`` or ``"percentile"``.
+        spatial_size: canonical (D, H, W).
+        cache_dtype: ``"float32"``, or a ``"float16"``/``"uint8"`` cache.
+        crop_foreground: crop to the voxels above the window floor before resizing.
+
+    Returns:
+        The sidecar dict (also written as JSON).
+
+    Raises:
+        DataError: unreadable or unusable input (see :func:`load_source`), or nothing above the window floor.
+        ValueError: unknown window or cache dtype, or a bad ``spatial_size``.
+    """
+    size = check_options(window, spatial_size, cache_dtype)
+    source = load_source(src)
+    canonical, steps = _to_canonical(source, window, size, crop_foreground, str(src))
+    save_volume(out_npy, check_volume(canonical.numpy(), str(src), (1, *size)), cache_dtype)
+    source_affine = source.affine.to(torch.float64)
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "source": str(Path(src).resolve()),
+        "output": Path(out_npy).name,
+        "cache_dtype": cache_dtype,
+        "affine_convention": "RAS",
+        "source_shape": [int(s) for s in source.shape[1:]],
+        "source_affine": source_affine.tolist(),
+        **steps,
+        "spatial_size": list(size),
+        "canonical_to_source": torch.linalg.solve(source_affine, canonical.affine.to(torch.float64)).tolist(),
+    }
+    sidecar_path(out_npy).write_text(json.dumps(sidecar, indent=1))
+    logger.info("%s → %s %s (window %s, crop %s)", src, out_npy, size, window, steps["crop"])
+    return sidecar
+
+
+def _to_canonical(
+    source: MetaTensor, window: str, size: tuple[int, int, int], crop_foreground: bool, src: str
+) -> tuple[MetaTensor, dict[str, Any]]:
+    """Orient, window, crop and resize; returns the (1, D, H, W) result and the sidecar fields of the steps."""
+    with _tracking_meta():
+        oriented = Orientation(axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS)(source)
+        lo, hi = _intensity_range(oriented, window, src)
+        scaled = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(oriented)
+        oriented_shape = [int(s) for s in scaled.shape[1:]]
+        start, end = _foreground_crop(scaled, src) if crop_foreground else ([0, 0, 0], oriented_shape)
+        cropped = SpatialCrop(roi_start=start, roi_end=end)(scaled)
+        canonical = Resize(spatial_size=size, mode="trilinear", align_corners=False)(cropped)
+    steps = {
+        "orientation": CANONICAL_AXCODES,
+        "oriented_shape": oriented_shape,
+        "window": {"name": window, "range": [lo, hi]},
+        "crop": {"start": start, "end": end},
+    }
+    return canonical, steps
+
+
+def load_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a sidecar written by :func:`prepare_volume`.
+
+    Raises:
+        DataError: missing or unreadable file, a missing key, or a malformed shape or matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "sidecar not found")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(str(path), f"cannot read as JSON ({type(err).__name__}: {err})") from err
+    if not isinstance(sidecar, dict):
+        raise DataError(str(path), f"expected a JSON object, got {type(sidecar).__name__}")
+    _check_sidecar(sidecar, str(path))
+    return sidecar
+
+
+def _check_sidecar(sidecar: Mapping[str, Any], source: str) -> None:
+    missing = [k for k in _SIDECAR_KEYS if k not in sidecar]
+    if missing:
+        raise DataError(source, f"sidecar lacks key(s) {missing}")
+    if sidecar["format"] != SIDECAR_FORMAT:
+        raise DataError(source, f"sidecar format is {sidecar['format']!r}, expected {SIDECAR_FORMAT!r}")
+    for key in ("source_shape", "spatial_size"):
+        shape = np.asarray(sidecar[key])
+        if shape.shape != (3,) or not np.all(shape >= 1):
+            raise DataError(source, f"sidecar '{key}' must be three positive integers, got {sidecar[key]}")
+    for key in ("source_affine", "canonical_to_source"):
+        matrix = np.asarray(sidecar[key], dtype=float)
+        if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-12:
+            raise DataError(source, f"sidecar '{key}' must be an invertible 4×4 matrix, got {sidecar[key]}")
+
+
+def _matrix(sidecar: Mapping[str, Any], key: str) -> np.ndarray:
+    return np.asarray(sidecar[key], dtype=np.float64)
+
+
+def _box_corners(box: Sequence[float], spatial_size: Sequence[int]) -> np.ndarray:
+    """The 8 outer corners (half-voxel extents) of a canonical voxel box, homogeneous (8, 4)."""
+    if len(box) != 6:
+        raise ValueError(f"a box is [d0, h0, w0, d1, h1, w1], got {list(box)}")
+    lo, hi = np.asarray(box[:3], dtype=float), np.asarray(box[3:], dtype=float)
+    if np.any(lo > hi):
+        raise ValueError(f"box {list(box)} has a minimum above its maximum")
+    lo, hi = np.maximum(lo, 0) - 0.5, np.minimum(hi, np.asarray(spatial_size) - 1) + 0.5
+    corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))
+    return np.concatenate([corners, np.ones((8, 1))], axis=1)
+
+
+def box_to_source(box: Sequence[float], sidecar: Mapping[str, Any]) -> list[int]:
+    """Map a canonical voxel box to the source voxel grid.
+
+    The box's outer corners are mapped through ``canonical_to_source``; the result holds every source voxel whose
+    centre lies inside the mapped extent (at least the voxel under the box centre), clipped to the source shape.
+
+    Args:
+        box: ``[d0, h0, w0, d1, h1, w1]`` canonical voxel indices (inclusive), e.g. from ``boxes.mask_to_box`` or
+            ``boxes.denormalize_box``.
+        sidecar: the dict from :func:`prepare_volume` / :func:`load_sidecar`.
+
+    Returns:
+        ``[i0, j0, k0, i1, j1, k1]``: inclusive indices along the source array axes.
+    """
+    points = _box_corners(box, sidecar["spatial_size"]) @ _matrix(sidecar, "canonical_to_source").T
+    lo, hi = points[:, :3].min(axis=0), points[:, :3].max(axis=0)
+    first, last = np.ceil(lo - 1e-6), np.floor(hi + 1e-6)
+    centre = np.round((lo + hi) / 2)
+    first, last = np.where(first > last, centre, first), np.where(first > last, centre, last)
+    top = np.asarray(sidecar["source_shape"]) - 1
+    return [int(v) for v in np.clip(first, 0, top)] + [int(v) for v in np.clip(last, 0, top)]
+
+
+def box_to_patient_mm(box: Sequence[float], sidecar: Mapping[str, Any], convention: str = "RAS") -> list[float]:
+    """Map a canonical voxel box to patient coordinates in millimetres.
+
+    The box's outer corners go through the source affine into RAS+ world coordinates, as nibabel uses them (x grows
+    towards the patient's Right, y Anterior, z Superior); the result is their axis-aligned envelope.
+    ``convention="LPS"`` negates x and y, giving the DICOM patient coordinate system.
+
+    Args:
+        box: ``[d0, h0, w0, d1, h1, w1]`` canonical voxel indices (inclusive).
+        sidecar: the dict from :func:`prepare_volume` / :func:`load_sidecar`.
+        convention: ``"RAS"`` (default) or ``"LPS"``.
+
+    Returns:
+        ``[x0, y0, z0, x1, y1, z1]`` in mm.
+    """
+    if convention not in ("RAS", "LPS"):
+        raise ValueError(f"convention must be 'RAS' or 'LPS', got {convention!r}")
+    to_world = _matrix(sidecar, "source_affine") @ _matrix(sidecar, "canonical_to_source")
+    points = (_box_corners(box, sidecar["spatial_size"]) @ to_world.T)[:, :3]
+    if convention == "LPS":
+        points[:, :2] *= -1
+    return [float(v) for v in points.min(axis=0)] + [float(v) for v in points.max(axis=0)]
+
+
+def _canonical_mask(mask: np.ndarray, sidecar: Mapping[str, Any]) -> np.ndarray:
+    m = np.asarray(mask)
+    m = m[0] if m.ndim == 4 and m.shape[0] == 1 else m
+    if m.shape != tuple(sidecar["spatial_size"]):
+        raise ValueError(
+            f"mask shape {tuple(np.shape(mask))} does not match the canonical size {tuple(sidecar['spatial_size'])}"
+        )
+    return m
+
+
+def mask_to_source(mask: np.ndarray, sidecar: Mapping[str, Any]) -> np.ndarray:
+    """Resample a canonical mask onto the source grid by nearest neighbour.
+
+    Each source voxel takes the canonical voxel its centre falls in; voxels outside the canonical volume (cropped
+    away) are background.
+
+    Args:
+        mask: (1, D, H, W) or (D, H, W) canonical mask (nonzero = foreground).
+        sidecar: the dict from :func:`prepare_volume` / :func:`load_sidecar`.
+
+    Returns:
+        bool array in the source shape (X, Y, Z).
+    """
+    m = _canonical_mask(mask, sidecar).astype(np.uint8)
+    source_to_canonical = np.linalg.inv(_matrix(sidecar, "canonical_to_source"))
+    out = ndimage.affine_transform(
+        m, source_to_canonical, output_shape=tuple(sidecar["source_shape"]), order=0, mode="grid-constant", cval=0
+    )
+    return out > 0
+
+
+def write_mask_nifti(mask: np.ndarray, sidecar: Mapping[str, Any], out_path: str | os.PathLike) -> Path:
+    """Write a canonical mask as a uint8 NIfTI on the source grid (same shape and affine as the scan).
+
+    Args:
+        mask: (1, D, H, W) or (D, H, W) canonical mask.
+        sidecar: the dict from :func:`prepare_volume` / :func:`load_sidecar`.
+        out_path: ``.nii`` or ``.nii.gz`` file.
+    """
+    import nibabel as nib
+
+    out_path = Path(out_path)
+    if not out_path.name.lower().endswith(_NIFTI_SUFFIXES):
+        raise ValueError(f"out_path must end in .nii or .nii.gz, got {out_path}")
+    data = mask_to_source(mask, sidecar).astype(np.uint8)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, _matrix(sidecar, "source_affine")), str(out_path))
+    return out_path
+
+
+def prepare_mask(label_src: str | os.PathLike, sidecar: Mapping[str, Any]) -> np.ndarray:
+    """Push an integer label map on the scan's grid through the same mapping as the scan (nearest neighbour).
+
+    Args:
+        label_src: label map file or DICOM folder, on the same grid (shape and affine) as the sidecar's source.
+        sidecar: the dict from :func:`prepare_volume` / :func:`load_sidecar`.
+
+    Returns:
+        int32 (1, D, H, W) label map aligned with the canonical volume.
+
+    Raises:
+        DataError: unreadable label map, non-integer values, or a grid that differs from the scan's.
+    """
+    label = _load_label_map(label_src)
+    _check_same_grid(label, sidecar, str(label_src))
+    out = ndimage.affine_transform(
+        label[0].numpy().astype(np.int32),
+        _matrix(sidecar, "canonical_to_source"),
+        output_shape=tuple(sidecar["spatial_size"]),
+        order=0,
+        mode="grid-constant",
+        cval=0,
+    )
+    return out[None]
+
+
+def _load_label_map(label_src: str | os.PathLike) -> MetaTensor:
+    label = _read(Path(label_src), "label map")
+    values = label.numpy()
+    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+        raise DataError(str(label_src), "not an integer label map (non-integer or non-finite values)")
+    return label
+
+
+def _check_same_grid(label: MetaTensor, sidecar: Mapping[str, Any], src: str) -> None:
+    shape = list(label.shape[1:])
+    if shape != list(sidecar["source_shape"]):
+        raise DataError(src, f"label map shape {shape} differs from the scan's {list(sidecar['source_shape'])}")
+    affine = label.affine.to(torch.float64).numpy()
+    if not np.allclose(affine, _matrix(sidecar, "source_affine"), atol=_AFFINE_TOLERANCE):
+        raise DataError(src, f"label map affine {affine.round(3).tolist()} differs from the scan's")

@@ -1,0 +1,54 @@
+"""Batch preparation for MONAI engines: image as the network input, text tensors as keyword arguments.
+
+MONAI's ``SupervisedTrainer`` calls ``network(inputs, *args, **kwargs)`` with what a ``PrepareBatch`` returns, so one
+class covers CLIP (``input_ids``, ``attention_mask``) and LaMed (plus ``labels`` and segmentation targets).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from monai.engines import PrepareBatch
+
+__all__ = ["PrepareImageTextBatch", "loss_from_output", "loss_value"]
+
+
+class PrepareImageTextBatch(PrepareBatch):
+    """Move a collated batch to ``device``; return ``(image, None, (), {key: tensor})``.
+
+    Floating tensors can be cast to ``dtype`` (e.g. bf16 weights without autocast); integer tensors such as token ids
+    are never cast, so ``nn.Embedding`` still receives ``long`` ids.
+
+    Args:
+        keys: batch keys passed to the network as keyword arguments.
+        image_key: the batch key of the (B, C, D, H, W) image.
+        dtype: optional dtype for floating tensors.
+    """
+
+    def __init__(self, keys: Sequence[str], image_key: str = "image", dtype: torch.dtype | None = None) -> None:
+        self.keys = tuple(keys)
+        self.image_key = image_key
+        self.dtype = dtype
+
+    def _move(self, value: torch.Tensor, device, non_blocking: bool) -> torch.Tensor:
+        dtype = self.dtype if self.dtype is not None and value.is_floating_point() else None
+        return value.to(device=device, dtype=dtype, non_blocking=non_blocking)
+
+    def __call__(self, batchdata: dict[str, Any], device=None, non_blocking: bool = False, **kwargs):
+        missing = [k for k in (self.image_key, *self.keys) if k not in batchdata]
+        if missing:
+            raise KeyError(f"batch lacks key(s) {missing}; it has {sorted(batchdata)}")
+        image = self._move(batchdata[self.image_key], device, non_blocking)
+        extra = {k: self._move(batchdata[k], device, non_blocking) for k in self.keys}
+        return image, None, (), extra
+
+
+def loss_from_output(pred: dict[str, torch.Tensor], _target: Any = None) -> torch.Tensor:
+    """The trainer's ``loss_function`` for networks that compute their own loss."""
+    return pred["loss"]
+
+
+def loss_value(output: dict[str, Any]) -> float:
+    """The iteration loss as a float, for handlers' ``output_transform`` (training output is not decollated)."""
+    return float(output["loss"])

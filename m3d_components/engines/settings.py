@@ -1,0 +1,40 @@
+"""Check a bundle's user settings against its JSON Schema before anything heavy is built.
+
+Each bundle collects its user-facing parameters (paths, model names, sizes, batch size, epochs, precision) in a
+``settings`` object at the top of its config; the first ``initialize`` step validates it with ``jsonschema``, so a
+typo in a path or a negative batch size fails in a second with the key named, not after loading an LLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+
+__all__ = ["SettingsError", "check_settings"]
+
+
+class SettingsError(ValueError):
+    """A user setting that the bundle's schema rejects."""
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return "/".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def check_settings(settings: dict, schema_path: str | os.PathLike) -> dict:
+    """Validate ``settings`` and return it unchanged.
+
+    Raises:
+        SettingsError: listing every rejected key with the reason, e.g. ``batch_size: -1 is less than the minimum
+            of 1``.
+    """
+    schema = json.loads(Path(schema_path).read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(settings), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n".join(f"  {_where(e)}: {e.message}" for e in errors)
+        raise SettingsError(f"invalid settings (checked against {Path(schema_path).name}):\n{lines}")
+    return settings

@@ -1,0 +1,65 @@
+"""Image–text retrieval recall (M3D-Bench ITR).
+
+Names follow the usual convention, which the reference printout had backwards: **IR** = image query ranking the
+texts, **TR** = text query ranking the images. Pair ``i`` (image ``i``, text ``i``) is the only correct match.
+Pools are the first ``n`` pairs of the evaluation order, so the 100-pool is inside the 500-pool and every run uses
+the same pools.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["POOL_SIZES", "RECALL_KS", "recall_at_k", "retrieval_metrics"]
+
+POOL_SIZES = (100, 500, 1000, 2000)
+RECALL_KS = (1, 5, 10)
+
+
+def recall_at_k(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
+    """Recall@k for a square (N queries, N candidates) similarity matrix whose correct answers lie on the diagonal.
+
+    A query's rank is the number of candidates scored strictly higher than its correct one, so ties are counted in
+    the query's favour; with float embeddings ties practically never happen.
+    """
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be a square (N, N) matrix, got shape {tuple(similarity.shape)}")
+    correct = similarity.diagonal().unsqueeze(1)  # (N, 1)
+    rank = (similarity > correct).sum(dim=1)  # (N,)
+    return {k: (rank < k).float().mean().item() for k in ks}
+
+
+def retrieval_metrics(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    pool_sizes: Sequence[int] = POOL_SIZES,
+    ks: Sequence[int] = RECALL_KS,
+    prefix: str = "itr/",
+) -> dict[str, float]:
+    """IR and TR recall@k on nested pools, keyed ``itr/ir_r1@100`` … ``itr/tr_r10@2000``.
+
+    Args:
+        image_embeddings: (N, E), L2-normalised (cosine similarity = dot product).
+        text_embeddings: (N, E), row ``i`` describing image ``i``.
+        pool_sizes: pool sizes; those larger than N are left out, and when N is below all of them the whole set
+            is one pool named by its size.
+        ks: the recall cut-offs.
+        prefix: key prefix (``"val/itr/"`` during training).
+    """
+    if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
+        raise ValueError(
+            f"expected two (N, E) embedding matrices of one shape, got {tuple(image_embeddings.shape)} "
+            f"and {tuple(text_embeddings.shape)}"
+        )
+    n = image_embeddings.shape[0]
+    pools = [p for p in pool_sizes if p <= n] or [n]
+    similarity = image_embeddings.float() @ text_embeddings.float().T  # (N images, N texts)
+    metrics = {}
+    for pool in pools:
+        sub = similarity[:pool, :pool]
+        for direction, matrix in (("ir", sub), ("tr", sub.T)):
+            for k, value in recall_at_k(matrix, ks).items():
+                metrics[f"{prefix}{direction}_r{k}@{pool}"] = value
+    return metrics

@@ -1,0 +1,53 @@
+"""The `m3d` command as a user types it (subprocesses, real files)."""
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from m3d_components.cli import M3DCommand
+from m3d_components.data.demo import make_demo_data
+
+ITK = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
+
+
+def m3d(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "m3d_components.cli", *args], capture_output=True, text=True)
+
+
+def test_demo_defaults_match_the_library():
+    cli = inspect.signature(M3DCommand.make_demo_data).parameters
+    lib = inspect.signature(make_demo_data).parameters
+    for name in ("n_train", "n_val", "n_test", "seed"):
+        assert cli[name].default == lib[name].default, name
+
+
+def test_make_demo_data_then_validate_every_format(tmp_path):
+    out = tmp_path / "demo"
+    made = m3d("make-demo-data", str(out), "--n-train", "6", "--n-val", "2", "--n-test", "3", "--size", "32,64,64")
+    assert made.returncode == 0, made.stderr
+    checks = [("m3d-cap", "M3D_Cap.json"), ("m3d-vqa", "M3D_VQA_test.csv"), ("m3d-seg", "M3D_Seg"),
+              ("m3d-refseg", "M3D_RefSeg_train.csv")]
+    for fmt, index in checks:
+        extra = ["--root", str(out)] if fmt == "m3d-seg" else []
+        result = m3d("validate-data", fmt, str(out / index), *extra, "--shape", "1,32,64,64")
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert result.returncode == 0 and summary["errors"] == 0 and summary["records"] > 0, (fmt, result.stdout)
+
+
+@pytest.mark.skipif(not ITK.is_file(), reason="Debian package insighttoolkit5-examples not installed")
+def test_prepare_volume_from_nifti(tmp_path):
+    result = m3d("prepare", "volume", str(ITK), str(tmp_path / "t1.npy"), "--window", "percentile", "--size", "16,32,32")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["spatial_size"] == [16, 32, 32]
+    assert (tmp_path / "t1.json").is_file()
+    bad = m3d("prepare", "volume", str(tmp_path / "missing.nii.gz"), str(tmp_path / "x.npy"))
+    assert bad.returncode != 0 and "missing.nii.gz" in bad.stderr
+
+
+def test_bad_size_argument_is_explained(tmp_path):
+    result = m3d("make-demo-data", str(tmp_path / "d"), "--size", "32,64")
+    assert result.returncode != 0 and "three positive integers" in result.stderr
