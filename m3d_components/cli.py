@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 __all__ = ["M3DCommand", "main"]
@@ -61,6 +62,19 @@ class M3DCommand:
 
     def __init__(self) -> None:
         self.prepare = PrepareCommand()
+
+    def demo(self, out: str = "demo_run"):
+        """Run the demo end to end on CPU: demo corpus → M3D-CLIP training → retrieval evaluation, then a table.
+
+        Args:
+            out: folder for checkpoints, metrics and the MLflow store (``<out>/<bundle>/eval/mlruns.db``).
+        """
+        from m3d_components.engines.pipeline import demo_table, run_demo
+
+        results = run_demo(out)
+        print(demo_table(results))
+        print(f"MLflow store: sqlite:///{Path(out).resolve()}/<bundle>/eval/mlruns.db — open with `mlflow ui "
+              f"--backend-store-uri <that URI>`")
 
     def make_demo_data(self, out: str = "demo", n_train: int = 800, n_val: int = 40, n_test: int = 100,
                        size="32,64,64", seed: int = 0):

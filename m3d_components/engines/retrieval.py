@@ -10,7 +10,7 @@ from ignite.metrics import Metric
 
 from m3d_components.metrics.retrieval import POOL_SIZES, RECALL_KS, retrieval_metrics
 
-__all__ = ["RetrievalRecall", "embeddings_from_output"]
+__all__ = ["RetrievalRecall", "embeddings_from_output", "recall_metrics"]
 
 
 def embeddings_from_output(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,3 +63,13 @@ class RetrievalRecall(Metric):
             return metrics
         largest = max(int(k.rsplit("@", 1)[1]) for k in metrics)
         return (metrics[f"{self.prefix}ir_r1@{largest}"] + metrics[f"{self.prefix}tr_r1@{largest}"]) / 2
+
+
+def recall_metrics(prefix: str = "val/itr/") -> tuple[dict[str, RetrievalRecall], dict[str, RetrievalRecall]]:
+    """(key metric, additional metrics) for an evaluator: ``<prefix>mean_r1`` and every ``<prefix>{ir,tr}_r{k}@{n}``.
+
+    Built here so the metric names follow the prefix (``val/itr/`` in training, ``itr/`` in evaluation).
+    """
+    return {f"{prefix}mean_r1": RetrievalRecall(prefix=prefix, summary=True)}, {
+        f"{prefix}recall": RetrievalRecall(prefix=prefix)
+    }

@@ -1,0 +1,461 @@
+"""Speed benchmark of the M3D training and inference steps (SPEC §8): samples/s, step time, peak memory and MFU.
+
+Each stage times one step of the project's own code in two configurations, in the same process and on the same
+machine: the optimized one, and a reference-style one that runs the way the original M3D code does (eager attention,
+fp32 weights under autocast, unfused AdamW). The speed-up is therefore a ratio measured side by side, not a comparison
+with a number from elsewhere. Stages register in ``STAGES`` and share one timing harness (``Harness``).
+
+Numbers come from this script only, never from tests. Usage::
+
+    python tools/benchmark.py --stages clip --scale tiny --steps 10 --warmup 2 [--json out.json]   # CPU
+    python tools/benchmark.py --stages clip --scale paper --steps 20 --warmup 5 --json clip.json  # H100/H200
+
+References: the FLOP count of a step is PaLM's (Chowdhery et al., 2022, appendix B), as in nanoGPT's
+``estimate_mfu`` (karpathy/nanoGPT, ``model.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import platform
+import resource
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from m3d_components.engines.optim import adamw
+from m3d_components.models.clip import M3DCLIP
+from m3d_components.models.vision import ViTConfig, VisionTransformer3D
+
+__all__ = [
+    "CLIP_SCALES",
+    "SCALES",
+    "STAGES",
+    "Harness",
+    "clip_stage",
+    "clip_train_flops",
+    "linear_weights",
+    "markdown_table",
+    "measure_bf16_peak",
+    "run_benchmark",
+    "transformer_train_flops",
+    "vit_train_flops",
+]
+
+logger = logging.getLogger(__name__)
+
+SCALES = ("tiny", "paper")
+Step = Callable[[], None]
+# batch size → (one training step, ready to call repeatedly; the FLOPs of that step)
+Build = Callable[[int], tuple[Step, float]]
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------------------
+
+
+def linear_weights(module: nn.Module) -> int:
+    """Weights of every ``nn.Linear`` in ``module``: the parameters that cost a multiply-add per token.
+
+    Embedding lookups, biases and norms are left out; they cost no matmul and add well under 1 % of the FLOPs.
+    """
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def transformer_train_flops(linear_params: int, layers: int, tokens: int, hidden: int) -> float:
+    """FLOPs of forward + backward for one sequence through a bidirectional transformer.
+
+    ``6 · N · T + 12 · L · T² · d`` (PaLM, appendix B; nanoGPT's ``estimate_mfu`` per token, times T): each weight
+    does a multiply-add per token forward (2) and two backward (4); per layer, QKᵀ and AV cost 2 · T² · d each forward
+    and twice that backward. No causal mask is skipped in an encoder, so the attention term is exact here.
+
+    Args:
+        linear_params: N, weights that multiply each token (see ``linear_weights``).
+        layers: L, transformer layers.
+        tokens: T, sequence length.
+        hidden: d, model width (heads × head size).
+    """
+    return 6.0 * linear_params * tokens + 12.0 * layers * tokens**2 * hidden
+
+
+def vit_train_flops(encoder: VisionTransformer3D) -> float:
+    """Forward + backward FLOPs of one volume through the 3D ViT (2049 tokens of width 768 at the paper size).
+
+    The patch embedding sees the N patches only; the blocks also carry the CLS token.
+    """
+    config = encoder.config
+    tokens = config.num_patches + int(config.cls_token)
+    blocks = transformer_train_flops(linear_weights(encoder.blocks), config.num_layers, tokens, config.hidden_size)
+    return blocks + 6.0 * linear_weights(encoder.patch_embedding) * config.num_patches
+
+
+def clip_train_flops(model: M3DCLIP, text_length: int) -> float:
+    """Forward + backward FLOPs of one image–text pair: both towers plus the projection heads (one token each).
+
+    The (B, B) similarity matrix of the loss is left out: B² · E is negligible next to the towers.
+    """
+    text = model.language_encoder.config
+    text_flops = transformer_train_flops(
+        linear_weights(model.language_encoder), text.num_hidden_layers, text_length, text.hidden_size
+    )
+    heads = 6.0 * (linear_weights(model.mm_vision_proj) + linear_weights(model.mm_language_proj))
+    return vit_train_flops(model.vision_encoder) + text_flops + heads
+
+
+# --- harness --------------------------------------------------------------------------------------------------------
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer stopped now has counted it (CUDA launches are asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release(device: torch.device) -> None:
+    """Free what the last configuration left behind, so the next one starts from the same memory."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory in GiB and what it is: CUDA's allocator peak, or on CPU the process's max RSS.
+
+    ``ru_maxrss`` (KiB on Linux) is a high-water mark of the whole process that cannot be reset, so on CPU a row
+    never shows less than the rows measured before it.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+
+
+@dataclass(frozen=True)
+class Harness:
+    """What every stage shares: where it runs, how many steps to time, and the peak that MFU is a fraction of.
+
+    Args:
+        device: where the models and inputs go.
+        steps: timed steps; the median and p10/p90 are reported (10 or more for a figure worth recording).
+        warmup: untimed steps first, to pay for allocator growth, kernel selection and lazy initialisation.
+        peak_flops: measured bf16 matmul FLOP/s on a GPU (``measure_bf16_peak``); None on CPU, where no MFU is given.
+    """
+
+    device: torch.device
+    steps: int
+    warmup: int
+    peak_flops: float | None = None
+
+    def time_steps(self, step: Step) -> list[float]:
+        """Seconds of each timed step, synchronising around every step so each one's GPU work is in its time."""
+        for _ in range(self.warmup):
+            step()
+        seconds = []
+        for _ in range(self.steps):
+            _synchronize(self.device)
+            start = time.perf_counter()
+            step()
+            _synchronize(self.device)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    def measure(self, configuration: str, batch: int, build: Build) -> dict[str, Any]:
+        """Build one configuration at ``batch`` and time its step; the figures of one table row."""
+        step, flops = build(batch)
+        p10, median, p90 = np.percentile(self.time_steps(step), [10, 50, 90])
+        memory, memory_kind = _peak_memory(self.device)
+        return {
+            "configuration": configuration,
+            "batch": batch,
+            "status": "ok",
+            "note": "",
+            "samples_per_s": batch / median,
+            "step_ms_median": 1e3 * median,
+            "step_ms_p10": 1e3 * p10,
+            "step_ms_p90": 1e3 * p90,
+            "peak_memory_gib": memory,
+            "memory_kind": memory_kind,
+            "flops_per_step": flops,
+            "peak_tflops": self.peak_flops / 1e12 if self.peak_flops else None,
+            "mfu": flops / median / self.peak_flops if self.peak_flops else None,
+        }
+
+    def measure_first_fitting(self, configuration: str, batches: Sequence[int], build: Build) -> list[dict[str, Any]]:
+        """Measure at the first of ``batches`` that fits in memory; every batch that does not gets a row saying so."""
+        rows: list[dict[str, Any]] = []
+        for batch in batches:
+            _release(self.device)  # also frees what an out-of-memory attempt left, once its exception is gone
+            try:
+                row = self.measure(configuration, batch, build)
+            except torch.OutOfMemoryError:
+                logger.warning("%s at batch %d ran out of memory", configuration, batch)
+                rows.append(_out_of_memory_row(configuration, batch))
+                continue
+            if rows:
+                row["note"] = f"batch {rows[-1]['batch']} ran out of memory"
+            logger.info("%s at batch %d: %.2f samples/s", configuration, batch, row["samples_per_s"])
+            return [*rows, row]
+        return rows
+
+
+def _out_of_memory_row(configuration: str, batch: int) -> dict[str, Any]:
+    """A row with the same keys as a measured one and no figures, so JSON readers see one shape."""
+    figures = ("samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "peak_memory_gib", "memory_kind",
+               "flops_per_step", "peak_tflops", "mfu")
+    return {"configuration": configuration, "batch": batch, "status": "out of memory", "note": "",
+            **dict.fromkeys(figures)}
+
+
+def measure_bf16_peak(device: torch.device, size: int = 8192, runs: int = 5, matmuls: int = 10) -> float:
+    """Dense bf16 matmul FLOP/s that this GPU reaches: the denominator of MFU.
+
+    Measured, not taken from a datasheet, so that MFU says how much of what the card actually delivers at its
+    current clocks and power limit a step uses. Returns the median of ``runs`` bursts of ``matmuls`` (size²) products.
+    """
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    out = torch.empty_like(a)
+
+    def burst() -> None:
+        for _ in range(matmuls):
+            torch.matmul(a, b, out=out)
+
+    seconds = np.median(Harness(device, steps=runs, warmup=1).time_steps(burst))
+    return 2.0 * size**3 * matmuls / seconds
+
+
+# --- CLIP training step ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipScale:
+    """Sizes of the CLIP stage at one scale.
+
+    ``reference_batches`` are tried in order until one fits: with eager attention the paper's batch 32 keeps
+    (B, heads, 2049, 2049) attention matrices of every layer for the backward and does not fit even in 139 GB;
+    batch 16 needs about as much as an 80 GB card has, hence batch 8 last.
+    """
+
+    vit: ViTConfig
+    text: dict[str, int]  # BertConfig sizes; the text encoder is random-initialised in memory, nothing is downloaded
+    embed_dim: int
+    head_norm: str
+    text_length: int
+    batch: int
+    reference_batches: tuple[int, ...]
+
+
+CLIP_SCALES = {
+    # The clip_pretrain demo (configs/demo.json): 1 + 8·4·4 = 129 image tokens, 96 text tokens.
+    "tiny": ClipScale(
+        vit=ViTConfig(img_size=(32, 64, 64), patch_size=(4, 16, 16), hidden_size=128, mlp_dim=256, num_layers=4,
+                      num_heads=4),
+        text={"vocab_size": 2000, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 256},
+        embed_dim=128, head_norm="batch", text_length=96, batch=32, reference_batches=(32,),
+    ),
+    # The paper: ViT-B 3D (2049 tokens of width 768) and BERT-base (BertConfig's defaults) on 512 tokens.
+    "paper": ClipScale(
+        vit=ViTConfig.paper(), text={}, embed_dim=768, head_norm="none", text_length=512, batch=32,
+        reference_batches=(32, 16, 8),
+    ),
+}
+
+_LEARNING_RATE, _WEIGHT_DECAY = 1e-4, 0.05
+
+
+def _reference_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW as the reference code runs it: one kernel launch per tensor per operation."""
+    return torch.optim.AdamW(model.parameters(), lr=_LEARNING_RATE, weight_decay=_WEIGHT_DECAY, fused=False,
+                             foreach=False)
+
+
+def _project_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """The project's AdamW (``engines.optim.adamw``), fused when the model is on CUDA."""
+    return adamw(model, _LEARNING_RATE, _WEIGHT_DECAY)
+
+
+@dataclass(frozen=True)
+class ClipSetup:
+    """One CLIP configuration: the attention of both towers and the optimizer."""
+
+    name: str
+    attention: str  # "sdpa" or "eager", for the ViT and the text encoder alike
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+
+
+CLIP_SETUPS = (
+    ClipSetup("optimized", "sdpa", _project_adamw),  # first: on CPU, max RSS then belongs to it alone
+    ClipSetup("reference", "eager", _reference_adamw),
+)
+
+
+def _clip_model(scale: ClipScale, attention: str) -> M3DCLIP:
+    """The project's CLIP model at ``scale``; the same seed for every configuration, so all start from equal weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vision = VisionTransformer3D(replace(scale.vit, attention=attention))
+        text = BertModel(BertConfig(**scale.text, attn_implementation=attention))
+        return M3DCLIP(vision, text, embed_dim=scale.embed_dim, head_norm=scale.head_norm)
+
+
+def _clip_inputs(scale: ClipScale, batch: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (B, 1, D, H, W) volumes and (B, T) token ids: the step's cost depends on shapes, not on content."""
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(batch, scale.vit.in_channels, *scale.vit.img_size, generator=generator)
+    input_ids = torch.randint(1, vocab_size, (batch, scale.text_length), generator=generator)
+    return image, input_ids
+
+
+def _clip_builder(scale: ClipScale, setup: ClipSetup, device: torch.device) -> Build:
+    """A ``Build`` for one CLIP training step (forward, symmetric InfoNCE, backward, AdamW) in ``setup``."""
+
+    def build(batch: int) -> tuple[Step, float]:
+        model = _clip_model(scale, setup.attention).to(device).train()
+        text_config = model.language_encoder.config
+        if text_config._attn_implementation != setup.attention:
+            raise RuntimeError(f"text encoder runs {text_config._attn_implementation!r}, not {setup.attention!r}")
+        optimizer = setup.optimizer(model)
+        image, input_ids = (t.to(device) for t in _clip_inputs(scale, batch, text_config.vocab_size))
+        attention_mask = torch.ones_like(input_ids)
+
+        def step() -> None:
+            # bf16 autocast on GPU only, as the bundle's trainer does (amp = bf16 and CUDA); fp32 on CPU.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(image, input_ids=input_ids, attention_mask=attention_mask)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step, batch * clip_train_flops(model, scale.text_length)
+
+    return build
+
+
+def clip_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
+    """The M3D-CLIP training step, optimized and reference-style; one row per configuration (and per OOM)."""
+    sizes = CLIP_SCALES[scale]
+    rows = []
+    for setup in CLIP_SETUPS:
+        batches = (sizes.batch,) if setup.name == "optimized" else sizes.reference_batches
+        rows += harness.measure_first_fitting(setup.name, batches, _clip_builder(sizes, setup, harness.device))
+    return rows
+
+
+# Stage name → function(scale, harness) returning its rows; the reference configuration is named "reference".
+STAGES: dict[str, Callable[[str, Harness], list[dict[str, Any]]]] = {"clip": clip_stage}
+
+
+# --- running and reporting ------------------------------------------------------------------------------------------
+
+
+def _with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each row's samples/s over that of the stage's reference configuration (the batch that fitted)."""
+    reference = next((r for r in rows if r["configuration"] == "reference" and r["status"] == "ok"), None)
+    for row in rows:
+        ok = reference is not None and row["status"] == "ok"
+        row["ratio"] = row["samples_per_s"] / reference["samples_per_s"] if ok else None
+    return rows
+
+
+def run_benchmark(stages: Sequence[str], scale: str = "tiny", steps: int = 10, warmup: int = 2) -> list[dict[str, Any]]:
+    """Run ``stages`` at ``scale`` on the GPU when there is one, otherwise on CPU; one dict per table row.
+
+    Raises:
+        ValueError: for an unknown stage or scale, fewer than one timed step or a negative warm-up.
+    """
+    unknown = [name for name in stages if name not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {sorted(STAGES)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {SCALES}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = measure_bf16_peak(device) if device.type == "cuda" else None
+    harness = Harness(device, steps, warmup, peak)
+    rows = []
+    for name in stages:
+        rows += _with_ratios([{"stage": name, **row} for row in STAGES[name](scale, harness)])
+    return rows
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table, with a line on how memory and MFU were measured."""
+    lines = [
+        "| stage | configuration | batch | samples/s | step ms, median (p10–p90) | peak memory | MFU | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        configuration = f"{r['configuration']} ({r['note']})" if r["note"] else r["configuration"]
+        if r["status"] != "ok":
+            lines.append(f"| {r['stage']} | {configuration} | {r['batch']} | {r['status']} | — | — | — | — |")
+            continue
+        step = f"{r['step_ms_median']:.1f} ({r['step_ms_p10']:.1f}–{r['step_ms_p90']:.1f})"
+        memory = f"{r['peak_memory_gib']:.2f} GiB" + (" (max RSS)" if r["memory_kind"] == "process max RSS" else "")
+        lines.append(
+            f"| {r['stage']} | {configuration} | {r['batch']} | {r['samples_per_s']:.2f} | {step} | {memory} "
+            f"| {_fmt(r['mfu'], '.1%')} | {_fmt(r['ratio'], '.2f', '×')} |"
+        )
+    peak = next((r["peak_tflops"] for r in rows if r["peak_tflops"]), None)
+    lines.append("")
+    lines.append(
+        f"MFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s." if peak
+        else "CPU run: peak memory is the process's max RSS (a high-water mark over all rows so far); no MFU."
+    )
+    return "\n".join(lines)
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _report(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON record: the rows with what produced them (command, versions, device, date)."""
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_name(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "monai": monai.__version__},
+        "results": rows,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=sorted(STAGES))
+    parser.add_argument("--scale", choices=SCALES, default="tiny", help="tiny runs on CPU; paper needs a large GPU")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    parser.add_argument("--json", type=Path, help="also write the figures, versions and device here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = run_benchmark(args.stages, args.scale, args.steps, args.warmup)
+    print(markdown_table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(_report(rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
