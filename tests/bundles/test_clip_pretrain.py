@@ -109,22 +109,24 @@ def test_bad_setting_fails_before_models_load(demo_dir, tmp_path):
 
 def test_killed_run_resumes(demo_dir, tmp_path, monkeypatch_module):
     small = [*_dirs(demo_dir, tmp_path), "--train#records", SUBSET.format(n=256), "--epochs", "2",
-             "--checkpoint_interval", "4"]
+             "--checkpoint_interval", "3"]
     killer = tmp_path / "kill.json"
     killer.write_text(json.dumps({
-        "+imports": ["$import ignite", "$import tests.bundles.kill"],
+        "+imports": ["$import ignite", "$from tests.bundles.kill import kill_now"],
         "run": ["$me.checkpoint.attach(@train#trainer, @checkpoint#loader, @checkpoint#saver)",
                 "$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once=10), "
-                "tests.bundles.kill.kill_now)",
+                "kill_now)",
                 "$@train#trainer.run()"],
     }))
     killed = bundle_run("clip_pretrain", [*TRAIN, str(killer)], *small)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert (tmp_path / "models" / "resume_checkpoint_iteration=8.pt").is_file()
+    assert (tmp_path / "models" / "resume_checkpoint_iteration=9.pt").is_file()  # 8 iterations per epoch
     resumed = check(bundle_run("clip_pretrain", TRAIN, *small))
-    assert "resuming from iteration 8" in resumed.stdout + resumed.stderr
+    log = resumed.stdout + resumed.stderr
+    assert "Restored all variables" in log and "resume_checkpoint_iteration=9.pt" in log
+    assert "Epoch[1] Complete" not in log and "Epoch[2] Complete" in log  # continued inside epoch 2
     state = torch.load(tmp_path / "models" / "resume_final.pt", weights_only=True)
-    assert state["trainer"]["iteration"] == 16 and state["trainer"]["epoch"] == 2
+    assert state["trainer"]["iteration"] == 16 and state["trainer"]["epoch_length"] == 8  # 2 epochs of 8
 
 
 def test_two_process_gloo_training(demo_dir, tmp_path, monkeypatch_module):

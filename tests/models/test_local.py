@@ -7,7 +7,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers/huggingface_hub read it
 
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -19,18 +18,9 @@ from transformers.utils import is_flash_attn_2_available
 from m3d_components.models import local
 from m3d_components.models.local import load_causal_lm, load_text_encoder, load_tokenizer, resolve_local_model
 
+pytestmark = pytest.mark.usefixtures("no_network")
+
 LOADERS = [resolve_local_model, load_tokenizer, load_text_encoder, load_causal_lm]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers/huggingface_hub read it
 
 import hashlib
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from m3d_components.models.tiny import (
     train_wordpiece_tokenizer,
 )
 
+pytestmark = pytest.mark.usefixtures("no_network")
+
 CORPUS = [
     "Axial CT of the abdomen in the portal venous phase.",
     "The liver is enlarged with a 3.2 cm hypodense lesion in segment VII.",
@@ -35,17 +36,6 @@ CORPUS = [
     "A 12 mm nodule in the right upper lobe, follow-up recommended.",
 ] * 4
 FAMILIES = sorted(CAUSAL_LM_FAMILIES)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")
