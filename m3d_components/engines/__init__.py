@@ -1,9 +1,31 @@
 """Engines: MONAI/Ignite glue that wires data, models and metrics into training, evaluation and inference."""
 
 from m3d_components.engines import (
-    batch, checkpoint, collate, demo, embeddings, optim, paths, pipeline, reports, retrieval, settings, tracking,
+    batch,
+    checkpoint,
+    collate,
+    demo,
+    embeddings,
+    optim,
+    paths,
+    pipeline,
+    reports,
+    retrieval,
+    settings,
+    tracking,
 )
 
 __all__ = [
-    "batch", "checkpoint", "collate", "demo", "embeddings", "optim", "paths", "pipeline", "reports", "retrieval", "settings", "tracking",
+    "batch",
+    "checkpoint",
+    "collate",
+    "demo",
+    "embeddings",
+    "optim",
+    "paths",
+    "pipeline",
+    "reports",
+    "retrieval",
+    "settings",
+    "tracking",
 ]

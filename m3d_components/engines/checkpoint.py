@@ -21,7 +21,15 @@ from torch import nn
 from m3d_components.models.vision import load_vit_weights
 
 __all__ = [
-    "RNGState", "WeightsExporter", "attach", "latest_checkpoint", "load_pretrained", "load_weights", "load_safetensors", "save_safetensors"]
+    "RNGState",
+    "WeightsExporter",
+    "attach",
+    "latest_checkpoint",
+    "load_pretrained",
+    "load_safetensors",
+    "load_weights",
+    "save_safetensors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +150,7 @@ class WeightsExporter:
 
     def module(self) -> nn.Module:
         module = _unwrap(self.model)
-        for name in (self.submodule or "").split(".") if self.submodule else ():
-            module = getattr(module, name)
-        return module
+        return module.get_submodule(self.submodule) if self.submodule else module
 
     def __call__(self, engine: Engine) -> None:
         if self.best_only and getattr(engine.state, "best_metric_epoch", None) != engine.state.epoch:
