@@ -1,4 +1,4 @@
-"""Writing an engine's metrics to a JSON file with our canonical keys (``itr/ir_r1@100`` …)."""
+"""What a run shows and leaves behind: a progress bar with the loss, and metrics as JSON with our canonical keys."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ import os
 from pathlib import Path
 
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 
-__all__ = ["MetricsWriter"]
+__all__ = ["LossProgressBar", "MetricsWriter"]
+
+
+class LossProgressBar(ProgressBar):
+    """Ignite's tqdm progress bar showing the running iteration loss; attachable from a config handler list
+    (MONAI calls ``attach(engine)`` with no other arguments)."""
+
+    def attach(self, engine: Engine, *args, **kwargs) -> None:
+        super().attach(engine, output_transform=lambda output: {"loss": float(output["loss"])})
 
 
 class MetricsWriter:

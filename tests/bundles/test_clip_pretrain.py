@@ -137,6 +137,8 @@ def test_two_process_gloo_training(demo_dir, tmp_path, monkeypatch_module):
     assert (tmp_path / "models" / "model.safetensors").is_file()
     runs = _finished_runs(tmp_path / "eval")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 logs nothing
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    assert "train.json" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}  # the configs that ran
 
 
 def test_bundle_layout_and_metadata():
