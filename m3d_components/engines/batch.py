@@ -17,23 +17,18 @@ __all__ = ["PrepareImageTextBatch", "loss_from_output", "loss_value"]
 class PrepareImageTextBatch(PrepareBatch):
     """Move a collated batch to ``device``; return ``(image, None, (), {key: tensor})``.
 
-    Floating tensors can be cast to ``dtype`` (e.g. bf16 weights without autocast); integer tensors such as token ids
-    are never cast, so ``nn.Embedding`` still receives ``long`` ids.
-
     Args:
         keys: batch keys passed to the network as keyword arguments.
         image_key: the batch key of the (B, C, D, H, W) image.
-        dtype: optional dtype for floating tensors.
     """
 
-    def __init__(self, keys: Sequence[str], image_key: str = "image", dtype: torch.dtype | None = None) -> None:
+    def __init__(self, keys: Sequence[str], image_key: str = "image") -> None:
         self.keys = tuple(keys)
         self.image_key = image_key
-        self.dtype = dtype
 
-    def _move(self, value: torch.Tensor, device, non_blocking: bool) -> torch.Tensor:
-        dtype = self.dtype if self.dtype is not None and value.is_floating_point() else None
-        return value.to(device=device, dtype=dtype, non_blocking=non_blocking)
+    @staticmethod
+    def _move(value: torch.Tensor, device, non_blocking: bool) -> torch.Tensor:
+        return value.to(device=device, non_blocking=non_blocking)
 
     def __call__(self, batchdata: dict[str, Any], device=None, non_blocking: bool = False, **kwargs):
         missing = [k for k in (self.image_key, *self.keys) if k not in batchdata]

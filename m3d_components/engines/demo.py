@@ -7,6 +7,7 @@ initialised. Each function returns the path and does nothing when the asset alre
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -20,18 +21,27 @@ __all__ = ["demo_report_texts", "ensure_demo_data", "ensure_demo_text_encoder"]
 
 logger = logging.getLogger(__name__)
 
+_SPLIT_OF = {"n_train": "train", "n_val": "validation", "n_test": "test"}  # manifest "splits" keys
+
 
 def ensure_demo_data(data_dir: str | os.PathLike, size=(32, 64, 64), seed: int = 0, **counts) -> str:
-    """Generate the demo corpus into ``data_dir`` unless its manifest is already there (same seed and size)."""
+    """Generate the demo corpus into ``data_dir`` unless one with the same size, seed and split sizes is there.
+
+    ``counts`` are ``make_demo_data``'s ``n_train``/``n_val``/``n_test`` (its defaults when absent). A corpus made
+    with other settings is refused rather than reused, since demo results depend on it.
+    """
     data_dir = Path(data_dir).resolve()
     manifest = data_dir / "manifest.json"
+    defaults = {k: p.default for k, p in inspect.signature(make_demo_data).parameters.items() if k in _SPLIT_OF}
+    wanted = {_SPLIT_OF[k]: v for k, v in {**defaults, **counts}.items()}
     if manifest.is_file():
         found = json.loads(manifest.read_text())
-        if list(found.get("size", [])) == list(size) and found.get("seed") == seed:
+        have = (list(found.get("size", [])), found.get("seed"), found.get("splits"))
+        if have == (list(size), seed, wanted):
             return str(data_dir)
         raise ValueError(
-            f"{data_dir} holds a demo corpus of size {found.get('size')} seed {found.get('seed')}, "
-            f"not {list(size)} seed {seed}; choose another folder or delete it"
+            f"{data_dir} holds a demo corpus with size, seed, splits {have}, not {(list(size), seed, wanted)}; "
+            "choose another folder or delete it"
         )
     logger.info("writing the demo corpus to %s", data_dir)
     make_demo_data(data_dir, size=tuple(size), seed=seed, **counts)
