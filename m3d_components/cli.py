@@ -64,7 +64,7 @@ class M3DCommand:
         self.prepare = PrepareCommand()
 
     def demo(self, out: str = "demo_run"):
-        """Run the demo end to end on CPU: demo corpus → M3D-CLIP training → retrieval evaluation, then a table.
+        """Run the demo end to end on CPU: demo corpus → M3D-CLIP → LaMed stage 1 → stage 2, evaluated, then a table.
 
         Args:
             out: folder for checkpoints, metrics and the MLflow store (``<out>/<bundle>/eval/mlruns.db``).
@@ -75,6 +75,50 @@ class M3DCommand:
         print(demo_table(results))
         print(f"MLflow store: sqlite:///{Path(out).resolve()}/<bundle>/eval/mlruns.db — open with `mlflow ui "
               f"--backend-store-uri <that URI>`")
+
+    def infer(self, image: str, question: str = "Please write a radiology report for this scan.",
+              bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
+              out: str | None = None, **overrides):
+        """Ask a trained LaMed about one scan (NIfTI, DICOM folder or canonical .npy): answer, boxes, box PNGs.
+
+        Runs ``configs/inference.json`` of the bundle (over ``train.json``, and ``demo.json`` with ``--demo``).
+
+        Args:
+            image: the scan.
+            question: e.g. "Where is the liver in this image? Please give its box."
+            bundle: the bundle to run (``lamed_instruct``).
+            demo: use the demo configuration (tiny models trained by ``m3d demo``).
+            weights: trained weights (default: the bundle's stage-2 ``trained.safetensors``).
+            out: folder for ``answer.json`` and PNGs (default: ``<output_dir>/inference``).
+            overrides: any other config key, e.g. ``--llm_path /models/llama``.
+        """
+        from m3d_components.engines.paths import run_bundle
+
+        settings = {"image": str(Path(image).resolve()), "question": question, **overrides}
+        if weights is not None:
+            settings["weights"] = str(Path(weights).resolve())
+        if out is not None:
+            settings["inference_dir"] = str(Path(out).resolve())
+        configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
+        result = run_bundle(bundle, configs, **settings)[0]
+        print(json.dumps(result, indent=2))
+
+    def merge_lora(self, out: str, bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
+                   **overrides):
+        """Merge a stage-2 LoRA checkpoint into its LLM and write a plain Hugging Face folder (+ vision weights).
+
+        Args:
+            out: the output folder (loads with ``AutoModelForCausalLM.from_pretrained(out)``, no peft needed).
+            bundle, demo, weights, overrides: as for ``m3d infer``.
+        """
+        from m3d_components.engines.paths import run_bundle
+
+        settings = {"merged_dir": str(Path(out).resolve()), **overrides}
+        if weights is not None:
+            settings["weights"] = str(Path(weights).resolve())
+        configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
+        run_bundle(bundle, configs, run_id="merge", **settings)
+        print(json.dumps({"merged": settings["merged_dir"]}))
 
     def make_demo_data(self, out: str = "demo", n_train: int = 800, n_val: int = 40, n_test: int = 100,
                        size="32,64,64", seed: int = 0):

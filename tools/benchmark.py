@@ -36,19 +36,23 @@ import numpy as np
 import torch
 import transformers
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from m3d_components.engines.optim import adamw
 from m3d_components.models.clip import M3DCLIP
+from m3d_components.models.lamed import LaMed
+from m3d_components.models.perceiver import SpatialPoolingPerceiver
 from m3d_components.models.vision import ViTConfig, VisionTransformer3D
 
 __all__ = [
     "CLIP_SCALES",
+    "GENERATE_SCALES",
     "SCALES",
     "STAGES",
     "Harness",
     "clip_stage",
     "clip_train_flops",
+    "generate_stage",
     "linear_weights",
     "markdown_table",
     "measure_bf16_peak",
@@ -356,8 +360,90 @@ def clip_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
     return rows
 
 
+# --- LaMed generation ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerateScale:
+    """Sizes of the generation stage: ``answers`` prompts per step, each ``new_tokens`` long (no early EOS)."""
+
+    vit: ViTConfig
+    llm: dict[str, Any]  # LlamaConfig sizes; random-initialised in memory, nothing is downloaded
+    question_tokens: int
+    new_tokens: int
+    answers: int
+
+
+GENERATE_SCALES = {
+    # The lamed_instruct demo: 16 image tokens, a 2-layer Llama of width 128.
+    "tiny": GenerateScale(
+        vit=CLIP_SCALES["tiny"].vit,
+        llm={"vocab_size": 2004, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 4},
+        question_tokens=32, new_tokens=32, answers=32,
+    ),
+    # The paper's vision side with a Phi-3-mini-sized LLM (3072 wide, 32 layers, 8192 MLP), 256 image tokens.
+    "paper": GenerateScale(
+        vit=ViTConfig.paper(),
+        llm={"vocab_size": 32015, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096},
+        question_tokens=64, new_tokens=128, answers=32,
+    ),
+}
+
+
+def _lamed_model(scale: GenerateScale, device: torch.device) -> LaMed:
+    """The project's LaMed (ViT → perceiver → Llama) at ``scale``, bf16 on GPU, fp32 on CPU, in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vision = VisionTransformer3D(scale.vit)
+        llm = LlamaForCausalLM(LlamaConfig(**scale.llm, attn_implementation="sdpa"))
+        perceiver = SpatialPoolingPerceiver(scale.vit.hidden_size, llm.config.hidden_size, vision.grid_size)
+        model = LaMed(vision, perceiver, llm, image_token_id=scale.llm["vocab_size"] - 4)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def generate_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
+    """Answer ``answers`` prompts: one left-padded KV-cached batch ("optimized") against one prompt at a time as the
+    reference benchmark scripts do ("reference"). A "sample" is one answer of ``new_tokens`` tokens."""
+    sizes = GENERATE_SCALES[scale]
+    device = harness.device
+    model = _lamed_model(sizes, device)
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(sizes.answers, 1, *sizes.vit.img_size, generator=generator).to(device, model.llm.dtype)
+    lengths = torch.randint(sizes.question_tokens // 2, sizes.question_tokens + 1, (sizes.answers,), generator=generator)
+    width = model.num_image_tokens + int(lengths.max())
+    prompt_ids = torch.zeros(sizes.answers, width, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for i, length in enumerate(lengths.tolist()):  # left padding, image placeholders first, then the question
+        text = torch.randint(1, sizes.llm["vocab_size"] - 4, (length,), generator=generator)
+        row = torch.cat([torch.full((model.num_image_tokens,), model.image_token_id), text])
+        prompt_ids[i, width - len(row):] = row
+        prompt_mask[i, width - len(row):] = 1
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    flops = 2.0 * linear_weights(model.llm) * (width + sizes.new_tokens) * sizes.answers  # decoding, forward only
+    options = {"max_new_tokens": sizes.new_tokens, "min_new_tokens": sizes.new_tokens, "eos_token_id": None}
+
+    def batched(_: int) -> tuple[Step, float]:
+        return (lambda: model.generate(images, prompt_ids, prompt_mask, **options)), flops
+
+    def one_by_one(_: int) -> tuple[Step, float]:
+        def step() -> None:
+            for i in range(sizes.answers):
+                keep = prompt_mask[i].bool()
+                model.generate(images[i : i + 1], prompt_ids[i : i + 1, keep], prompt_mask[i : i + 1, keep], **options)
+
+        return step, flops
+
+    return [
+        {**harness.measure("optimized", sizes.answers, batched), "note": f"one batch, {sizes.new_tokens} new tokens each"},
+        {**harness.measure("reference", sizes.answers, one_by_one), "note": "one prompt at a time"},
+    ]
+
+
 # Stage name → function(scale, harness) returning its rows; the reference configuration is named "reference".
-STAGES: dict[str, Callable[[str, Harness], list[dict[str, Any]]]] = {"clip": clip_stage}
+STAGES: dict[str, Callable[[str, Harness], list[dict[str, Any]]]] = {"clip": clip_stage, "generate": generate_stage}
 
 
 # --- running and reporting ------------------------------------------------------------------------------------------

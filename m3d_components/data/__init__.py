@@ -5,7 +5,9 @@ from m3d_components.data import (
     cap,
     errors,
     ingest,
+    instruct,
     masks,
+    mixture,
     prompts,
     refseg,
     report,
@@ -18,6 +20,6 @@ from m3d_components.data import (
 )
 
 __all__ = [
-    "boxes", "cap", "errors", "ingest", "masks", "prompts", "refseg", "report", "seg", "tokens", "transforms", "validate",
+    "boxes", "cap", "errors", "ingest", "instruct", "masks", "mixture", "prompts", "refseg", "report", "seg", "tokens", "transforms", "validate",
     "volume", "vqa",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from m3d_components.data.masks import class_index_from_name, load_class_mask
 from m3d_components.data.records import ErrorHandler, error_handler, resolve_path
 
 __all__ = [
+    "average_box",
     "SEG_TASKS",
     "SPLIT_ALIASES",
     "SegTaskDataset",
@@ -211,3 +213,22 @@ class SegTaskDataset(RecordDataset):
         sample["box"] = np.asarray(box if box is not None else [np.nan] * 6, dtype=np.float32)
         sample.update(question=question, answer=answer, seg=seg)
         return sample
+
+
+def average_box(records: Sequence[dict], image_shape: Sequence[int], limit: int | None = 2000) -> list[float]:
+    """The mean normalised box of the positive masks among (the first ``limit``) records.
+
+    It is the REC reference point a model must beat: predicting this one box for every question.
+
+    Raises:
+        DataError: when none of the records has a foreground voxel.
+    """
+    boxes = []
+    for record in list(records)[:limit]:
+        mask = load_class_mask(record["label"], tuple(image_shape))
+        box = mask_to_box(mask)
+        if box is not None:
+            boxes.append(normalize_box(box, mask.shape[1:]))
+    if not boxes:
+        raise DataError("segmentation records", "no positive mask to average a box over")
+    return [round(float(v), 3) for v in np.mean(boxes, axis=0)]

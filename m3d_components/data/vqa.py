@@ -66,6 +66,7 @@ def _parse_row(row: dict, source: str, i: int) -> dict:
         **{f"choice_{c}": row[f"Choice {c}"].strip() or "NA" for c in CHOICE_LETTERS},
         "answer_text": answer,
         "answer_letter": letter,
+        "report": str(row.get("Text") or "").strip(),
     }
 
 
@@ -131,8 +132,9 @@ class VQADataset(RecordDataset):
         return sample
 
     def format(self, sample: Sample, rng: random.Random) -> Sample:
+        choices = {c: sample[f"choice_{c}"] for c in CHOICE_LETTERS}
+        sample["choices"] = choices
         if self.closed:
-            choices = {c: sample[f"choice_{c}"] for c in CHOICE_LETTERS}
             sample["question"], sample["answer"] = prompts.closed_vqa_example(
                 sample["vqa_question"], choices, sample["answer_letter"]
             )

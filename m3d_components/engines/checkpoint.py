@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from m3d_components.models.trainable import load_trained_state, trained_state_dict
 from m3d_components.models.vision import load_vit_weights
 
 __all__ = [
@@ -121,6 +122,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+class TrainedWeights:
+    """The trained tensors of a model as a checkpointable object (``state_dict``/``load_state_dict``).
+
+    A resume checkpoint of a LoRA run then holds LoRA, perceiver and the unfrozen parts — megabytes instead of the
+    whole frozen LLM — and loading checks every trainable tensor is there (see
+    :func:`~m3d_components.models.trainable.load_trained_state`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return trained_state_dict(_unwrap(self.model))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_trained_state(_unwrap(self.model), state)
+
+
 class WeightsExporter:
     """Save a model (or one of its submodules) as safetensors when an engine event fires.
 
@@ -132,14 +151,16 @@ class WeightsExporter:
         path: the output ``.safetensors`` file.
         submodule: attribute path of the part to export, e.g. ``"vision_encoder"``; None exports the whole model.
         best_only: on the evaluator, save only when this epoch set a new best key metric.
+        trained_only: export only the trainable tensors (LaMed: LoRA, perceiver, unfrozen parts), canonical names.
         event: the event to save at (default: EPOCH_COMPLETED with ``best_only``, else COMPLETED).
     """
 
     def __init__(
         self, model: nn.Module, path: str | os.PathLike, submodule: str | None = None, best_only: bool = False,
-        event: Events | None = None,
+        event: Events | None = None, trained_only: bool = False,
     ) -> None:
         self.model = model
+        self.trained_only = trained_only
         self.path = Path(path)
         self.submodule = submodule
         self.best_only = best_only
@@ -155,5 +176,6 @@ class WeightsExporter:
     def __call__(self, engine: Engine) -> None:
         if self.best_only and getattr(engine.state, "best_metric_epoch", None) != engine.state.epoch:
             return
-        save_safetensors(self.module().state_dict(), self.path)
+        module = self.module()
+        save_safetensors(trained_state_dict(module) if self.trained_only else module.state_dict(), self.path)
         logger.info("saved %s weights to %s", self.submodule or "model", self.path)

@@ -6,7 +6,9 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ImageTextCollator"]
+from m3d_components.data.prompts import with_image_tokens
+
+__all__ = ["ImageTextCollator", "InstructionCollator"]
 
 
 class ImageTextCollator:
@@ -39,3 +41,79 @@ class ImageTextCollator:
             batch.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         batch.update({k: [s[k] for s in samples] for k in self.keep})
         return batch
+
+
+class InstructionCollator:
+    """Tokenize (question, answer) samples for LaMed: training tensors and, alongside, left-padded prompts.
+
+    The prompt is ``num_image_tokens`` × ``<im_patch>`` + question (see
+    :func:`~m3d_components.data.prompts.with_image_tokens`); the target is ``" " + answer`` + EOS. Prompt and answer
+    are tokenized separately, so the label boundary is exact; prompt and padding positions get label −100.
+
+    Output keys: ``image``; ``input_ids``/``attention_mask``/``labels`` (right-padded to the longest sample);
+    ``prompt_ids``/``prompt_mask`` (the prompts alone, left-padded, for batched generation); the ``keep`` fields as
+    lists (``question``, ``answer``, ``task`` … for metrics and outputs).
+
+    Args:
+        tokenizer: the LLM tokenizer with the LaMed tokens added (:func:`~m3d_components.models.lamed.add_lamed_tokens`).
+        num_image_tokens: placeholders per prompt (the perceiver's ``num_tokens``).
+        max_length: the context budget; a longer target is cut (no EOS then, as published), a longer prompt is an error.
+        keep: sample fields passed through as lists.
+        zero_images: replace images by zeros (the image-free control).
+
+    Raises:
+        ValueError: a prompt that does not fit ``max_length``, naming the sample's image and task.
+    """
+
+    def __init__(
+        self, tokenizer, num_image_tokens: int, max_length: int = 512,
+        keep: Sequence[str] = ("question", "answer", "task", "image_path"), zero_images: bool = False,
+    ) -> None:
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError("the LLM tokenizer needs eos and pad tokens (see add_lamed_tokens)")
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.keep = tuple(keep)
+        self.zero_images = zero_images
+
+    def prompts(self, samples: list[dict[str, Any]]) -> list[str]:
+        return [
+            with_image_tokens(s["question"], self.num_image_tokens, caption=s.get("task") == "caption")
+            for s in samples
+        ]
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        tok = self.tokenizer
+        prompt_ids = tok(self.prompts(samples), add_special_tokens=True)["input_ids"]
+        for ids, sample in zip(prompt_ids, samples):
+            if len(ids) >= self.max_length:
+                raise ValueError(
+                    f"the prompt of {sample.get('image_path', '?')} ({sample.get('task', '?')}) takes {len(ids)} "
+                    f"tokens, leaving no room for an answer in the context of {self.max_length}: shorten the question"
+                )
+        answer_ids = tok([" " + s["answer"] for s in samples], add_special_tokens=False)["input_ids"]
+        sequences, targets = [], []
+        for prompt, answer in zip(prompt_ids, answer_ids):
+            answer = (answer + [tok.eos_token_id])[: self.max_length - len(prompt)]
+            sequences.append(prompt + answer)
+            targets.append([-100] * len(prompt) + answer)
+        images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+        batch: dict[str, Any] = {"image": torch.zeros_like(images) if self.zero_images else images}
+        batch["input_ids"], batch["attention_mask"] = _pad(sequences, tok.pad_token_id, left=False)
+        batch["labels"], _ = _pad(targets, -100, left=False)
+        batch["prompt_ids"], batch["prompt_mask"] = _pad(prompt_ids, tok.pad_token_id, left=True)
+        batch.update({k: [s.get(k) for s in samples] for k in self.keep})
+        return batch
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists to one (B, L) tensor and its 0/1 mask, on the right (training) or the left (generation)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask

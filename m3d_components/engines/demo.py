@@ -11,13 +11,31 @@ import inspect
 import json
 import logging
 import os
+import random
+import shutil
 from pathlib import Path
 
 from m3d_components.data.cap import load_report, read_cap_split
 from m3d_components.data.demo import make_demo_data
-from m3d_components.models.tiny import make_tiny_text_encoder, train_wordpiece_tokenizer
+from m3d_components.data import prompts
+from m3d_components.data.report import shorten_report
+from m3d_components.data.prompts import CAPTION_QUESTIONS, TEMPLATE_FAMILIES
+from m3d_components.data.boxes import mask_to_box, normalize_box
+from m3d_components.data.masks import load_class_mask
+from m3d_components.data.seg import read_seg_split, read_term_dictionary
+from m3d_components.data.vqa import read_vqa_csv
+from m3d_components.models.tiny import make_tiny_causal_lm, pretrain_causal_lm, make_tiny_text_encoder, train_bpe_tokenizer, \
+    train_wordpiece_tokenizer
 
-__all__ = ["demo_report_texts", "ensure_demo_data", "ensure_demo_text_encoder"]
+__all__ = [
+    "demo_instruction_texts",
+    "demo_pretraining_texts",
+    "demo_report_texts",
+    "ensure_demo_data",
+    "ensure_demo_llm",
+    "ensure_demo_text_encoder",
+    "require_demo_output",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +82,94 @@ def ensure_demo_text_encoder(data_dir: str | os.PathLike, model_dir: str | os.Pa
     make_tiny_text_encoder(tokenizer_dir, model_dir, **sizes)
     logger.info("made the demo text encoder in %s", model_dir)
     return str(model_dir)
+
+
+def demo_instruction_texts(data_dir: str | os.PathLike) -> list[str]:
+    """Training-split text a demo LLM tokenizer is trained on: reports, VQA rows, templates, term definitions."""
+    data_dir = Path(data_dir)
+    texts = demo_report_texts(data_dir) + list(CAPTION_QUESTIONS)
+    for row in read_vqa_csv(data_dir / "M3D_VQA_train.csv", data_dir, check_files=False):
+        choices = {c: row[f"choice_{c}"] for c in prompts.CHOICE_LETTERS}
+        question, answer = prompts.closed_vqa_example(row["vqa_question"], choices, row["answer_letter"])
+        texts += [f"{question} {answer}", f"{row['vqa_question']} {row['answer_text']}"]
+    for family in TEMPLATE_FAMILIES.values():
+        texts += [*family.questions, *family.answers, *family.negatives]
+    for name, definitions in read_term_dictionary(data_dir / "M3D_Seg" / "term_dictionary.json").items():
+        texts += [name, *definitions]
+    return texts
+
+
+def demo_pretraining_texts(
+    data_dir: str | os.PathLike, max_words: int = 30, max_records: int = 1000, seed: int = 0
+) -> list[str]:
+    """Text-only documents that give the tiny demo LLM the skills a real pre-trained LLM brings to LaMed.
+
+    Each training VQA row becomes ``"<answer>. <question> Choices: A. … D. …" + " B. Sagittal"`` (three times) and the
+    open form ``"<answer>. <question>" + " Sagittal"``: the model learns the answer formats and to pick the option
+    that matches what it was told — the multiple-choice skill every instruction-tuned LLM has, which a two-layer model
+    would otherwise need thousands of steps to find. Caption requests answered by (shortened) reports add the
+    report language, and REC/REG pairs of organs in the first ``max_records`` training masks the box format. Only training-split text is used, and no image: telling the LLM the answer from the *image*
+    is what LaMed must learn, so an image-free LaMed stays at chance.
+    """
+    data_dir = Path(data_dir)
+    rng = random.Random(seed)
+    texts = []
+    for report in demo_report_texts(data_dir):
+        question, answer = prompts.caption_example(shorten_report(report, max_words), rng)
+        texts.append(f"{question} {answer}")
+    for row in read_vqa_csv(data_dir / "M3D_VQA_train.csv", data_dir, check_files=False):
+        hint = row["answer_text"]
+        choices = {c: row[f"choice_{c}"] for c in prompts.CHOICE_LETTERS}
+        question, answer = prompts.closed_vqa_example(row["vqa_question"], choices, row["answer_letter"])
+        texts += [f"{hint}. {question} {answer}"] * 3
+        question, answer = prompts.open_vqa_example(row["vqa_question"], hint)
+        texts.append(f"{hint}. {question} {answer}")
+    texts += _box_texts(data_dir, rng, max_records)
+    return texts
+
+
+def _box_texts(data_dir: Path, rng: random.Random, max_records: int) -> list[str]:
+    """REC and REG pairs of the organs present in the first ``max_records`` training masks: the box format and
+    where each organ usually lies (absent organs are left to LaMed, which must see them missing)."""
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    texts = []
+    for record in read_seg_split(data_dir / manifest["files"]["seg"], "train", data_dir)[:max_records]:
+        mask = load_class_mask(record["label"], (1, *manifest["size"]))
+        box = mask_to_box(mask)
+        if box is None:
+            continue
+        for example in (prompts.rec_example, prompts.reg_example):
+            question, answer = example(record["class_name"], normalize_box(box, mask.shape[1:]), rng)
+            texts.append(f"{question} {answer}")
+    return texts
+
+
+def ensure_demo_llm(
+    data_dir: str | os.PathLike, model_dir: str | os.PathLike, family: str = "llama", vocab_size: int = 2000,
+    pretrain_steps: int = 1200, **sizes
+) -> str:
+    """A tiny causal LM of ``family`` with a BPE tokenizer trained on the demo text, saved in ``model_dir`` (made once).
+
+    It is pre-trained for ``pretrain_steps`` on :func:`demo_pretraining_texts` so that, like a real LLM, it arrives
+    with language, the answer formats and multiple-choice answering; 0 leaves it randomly initialised.
+    """
+    model_dir = Path(model_dir).resolve()
+    if (model_dir / "config.json").is_file():
+        return str(model_dir)
+    tokenizer_dir = model_dir.parent / (model_dir.name + "_tokenizer")
+    train_bpe_tokenizer(demo_instruction_texts(data_dir), tokenizer_dir, vocab_size=vocab_size)
+    staging = model_dir.parent / (model_dir.name + ".partial")
+    make_tiny_causal_lm(family, tokenizer_dir, staging, **sizes)
+    if pretrain_steps > 0:
+        pretrain_causal_lm(staging, demo_pretraining_texts(data_dir), pretrain_steps)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(staging, model_dir)
+    logger.info("made the demo %s LLM in %s", family, model_dir)
+    return str(model_dir)
+
+
+def require_demo_output(path: str | os.PathLike, made_by: str) -> str:
+    """``path`` if an earlier demo step wrote it, else a FileNotFoundError that says which step makes it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: run {made_by} first (`m3d demo` runs every step in order)")
+    return str(path)

@@ -4,8 +4,9 @@ the repository root, from inside the bundle, or from anywhere with an editable i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-__all__ = ["find_bundle"]
+__all__ = ["find_bundle", "run_bundle"]
 
 
 def find_bundle(name: str) -> str:
@@ -24,3 +25,23 @@ def find_bundle(name: str) -> str:
     raise FileNotFoundError(
         f"bundle {name!r} not found from {here} (looked in {[str(c) for c in candidates]}); pass --bundle_root"
     )
+
+
+def run_bundle(bundle: str, configs: list[str], run_id: str = "run", **overrides: Any) -> list:
+    """Run ``bundles/<bundle>/configs/<configs…>`` as ``python -m monai.bundle run`` would, in this process.
+
+    Returns:
+        the values of the ``run_id`` expressions.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    root = Path(find_bundle(bundle)) / "configs"
+    workflow = ConfigWorkflow(
+        config_file=[str(root / c) for c in configs], logging_file=str(root / "logging.conf"), workflow_type=None,
+        run_id=run_id, **overrides,
+    )
+    workflow.initialize()
+    try:
+        return workflow.run()
+    finally:
+        workflow.finalize()

@@ -1,7 +1,8 @@
 """``m3d demo``: run the bundles' demo configurations one after another and summarise what they learned.
 
 Each stage is a bundle run exactly as a user would type it (``train.json`` + ``demo.json``, then ``evaluate.json``),
-so the demo exercises the real configs. Stages available so far: ``clip`` (M3D-CLIP pre-training and retrieval).
+so the demo exercises the real configs. Stages: ``clip`` (M3D-CLIP pre-training and retrieval) and ``lamed`` (LaMed
+stage 1 and stage 2 on the CLIP vision encoder, evaluated with images and with zeros in their place).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ __all__ = ["STAGES", "chance_recall", "demo_table", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("clip",)
-_BUNDLES = {"clip": "clip_pretrain"}
+STAGES = ("clip", "lamed")
+_BUNDLES = {"clip": "clip_pretrain", "lamed": "lamed_instruct"}
 
 
 def chance_recall(k: int, pool: int) -> float:
@@ -46,23 +47,49 @@ def run_demo(out_dir: str | os.PathLike = "demo_run", stages: tuple[str, ...] = 
     out_dir = Path(out_dir).resolve()
     results = {}
     for stage in stages:
-        bundle = _BUNDLES[stage]
-        dirs = {"output_dir": str(out_dir / bundle / "eval"), "ckpt_dir": str(out_dir / bundle / "models")}
-        logger.info("demo stage %s: training %s", stage, bundle)
-        _run(bundle, ["train.json", "demo.json"], **dirs)
-        _run(bundle, ["train.json", "demo.json", "evaluate.json"], **dirs)
-        results[stage] = json.loads((out_dir / bundle / "eval" / "metrics_test.json").read_text())["metrics"]
+        logger.info("demo stage %s", stage)
+        results[stage] = _DEMO_STAGES[stage](out_dir)
     return results
 
 
+def _clip(out_dir: Path) -> dict[str, float]:
+    bundle = _BUNDLES["clip"]
+    dirs = {"output_dir": str(out_dir / bundle / "eval"), "ckpt_dir": str(out_dir / bundle / "models")}
+    _run(bundle, ["train.json", "demo.json"], **dirs)
+    _run(bundle, ["train.json", "demo.json", "evaluate.json"], **dirs)
+    return json.loads((out_dir / bundle / "eval" / "metrics_test.json").read_text())["metrics"]
+
+
+def _lamed(out_dir: Path) -> dict[str, float]:
+    """Stage 1, stage 2 (from stage 1's weights), then the test evaluation with images and the image-free control."""
+    bundle = _BUNDLES["lamed"]
+    vit = out_dir / _BUNDLES["clip"] / "models" / "vision_encoder.safetensors"
+    dirs = {"output_dir": str(out_dir / bundle / "eval"), "models_dir": str(out_dir / bundle / "models"),
+            "pretrained_vit": str(vit)}
+    _run(bundle, ["train.json", "demo.json"], stage=1, **dirs)
+    _run(bundle, ["train.json", "demo.json"], stage=2, **dirs)
+    _run(bundle, ["train.json", "evaluate.json", "demo.json"], **dirs)
+    report = out_dir / bundle / "eval" / "stage2_test"
+    metrics = json.loads((report / "metrics.json").read_text())["metrics"]
+    control = json.loads((report / "metrics_image_free.json").read_text())["metrics"]
+    return {**metrics, **control}
+
+
+_DEMO_STAGES = {"clip": _clip, "lamed": _lamed}
+
+
 def demo_table(results: dict[str, dict]) -> str:
-    """A Markdown table of every metric next to the value a chance-level model would get."""
-    lines = ["| stage | metric | trained | chance |", "|---|---|---|---|"]
+    """A Markdown table of every metric next to its reference point: chance (retrieval) or the image-free control."""
+    lines = ["| stage | metric | trained | chance / image-free control |", "|---|---|---|---|"]
     for stage, metrics in results.items():
         for key, value in sorted(metrics.items()):
-            chance = ""
-            if "_r" in key and "@" in key:
+            if key.startswith("control/"):
+                continue
+            reference = ""
+            if key.startswith("itr/") and "_r" in key and "@" in key:
                 k, pool = key.rsplit("_r", 1)[1].split("@")
-                chance = f"{chance_recall(int(k), int(pool)):.3f}"
-            lines.append(f"| {stage} | {key} | {value:.3f} | {chance} |")
+                reference = f"{chance_recall(int(k), int(pool)):.3f}"
+            elif f"control/{key}" in metrics:
+                reference = f"{metrics[f'control/{key}']:.3f}"
+            lines.append(f"| {stage} | {key} | {value:.3f} | {reference} |")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jsonschema
 
-__all__ = ["SettingsError", "check_settings"]
+__all__ = ["SettingsError", "check_settings", "check_stage"]
 
 
 class SettingsError(ValueError):
@@ -38,3 +38,16 @@ def check_settings(settings: dict, schema_path: str | os.PathLike) -> dict:
         lines = "\n".join(f"  {_where(e)}: {e.message}" for e in errors)
         raise SettingsError(f"invalid settings (checked against {Path(schema_path).name}):\n{lines}")
     return settings
+
+
+def check_stage(stage: int, init_weights: str | os.PathLike | None) -> None:
+    """Stage 2 starts from stage 1's trained weights: say so plainly when they are not there yet.
+
+    Raises:
+        FileNotFoundError: ``init_weights`` is set but missing.
+    """
+    if init_weights and not Path(init_weights).is_file():
+        raise FileNotFoundError(
+            f"stage {stage} starts from {init_weights}, which does not exist: run stage 1 first (--stage 1) "
+            "or set init_weights to null to start from the CLIP vision encoder alone"
+        )

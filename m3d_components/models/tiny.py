@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForCausalLM,
     BertConfig,
     BertModel,
     LlamaConfig,
@@ -25,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    get_cosine_schedule_with_warmup,
 )
 
 from m3d_components.models.local import load_tokenizer
@@ -37,6 +39,7 @@ __all__ = [
     "train_bpe_tokenizer",
     "make_tiny_text_encoder",
     "make_tiny_causal_lm",
+    "pretrain_causal_lm",
 ]
 
 WORDPIECE_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -151,6 +154,37 @@ def make_tiny_causal_lm(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
     )
     return _save(model_class, config, tokenizer, out_dir, seed)
+
+
+def pretrain_causal_lm(
+    model_dir: str | Path, texts: Iterable[str], steps: int, batch_size: int = 32, learning_rate: float = 3e-3,
+    max_length: int = 192, seed: int = 0,
+) -> Path:
+    """Next-token pre-training of a tiny causal LM on ``texts`` (a few hundred steps on CPU), saved back in place.
+
+    Demo only: it gives a tiny model the language and formats a real pre-trained LLM would bring.
+    """
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    eos = tokenizer.eos_token or ""
+    texts = [t + eos for t in _nonempty(texts)]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    model.train()
+    for _ in range(steps):
+        picks = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        batch = tokenizer(
+            [texts[i] for i in picks], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.save_pretrained(model_dir)
+    return Path(model_dir)
 
 
 def _nonempty(texts: Iterable[str]) -> list[str]:

@@ -30,18 +30,13 @@ def _finished_runs(output_dir: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory, monkeypatch_module) -> Path:
-    out = tmp_path_factory.mktemp("clip")
-    check(bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, out)))
-    return out
+def trained(clip_trained) -> Path:
+    return clip_trained
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        yield mp
+def monkeypatch_module(clean_mlflow_env):
+    return clean_mlflow_env
 
 
 def _evaluate(demo_dir: Path, out: Path, split: str = "test") -> dict:

@@ -13,3 +13,9 @@ def test_chance_and_table():
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown demo stage\(s\) \['seg'\]"):
         run_demo(tmp_path, stages=("clip", "seg"))
+
+
+def test_lamed_rows_show_the_image_free_control():
+    table = demo_table({"lamed": {"cvqa/acc": 0.46, "control/cvqa/acc": 0.26, "rec/baseline_acc@0.2": 0.05}})
+    assert "| lamed | cvqa/acc | 0.460 | 0.260 |" in table.splitlines()
+    assert not any("control/" in line for line in table.splitlines())

@@ -83,3 +83,11 @@ def test_unknown_stage_scale_or_steps_are_rejected(bench):
 def test_bf16_peak_measurement_runs(bench):
     """The GPU's MFU denominator; here only its code path, on CPU and at a toy size."""
     assert bench.measure_bf16_peak(torch.device("cpu"), size=64, runs=2, matmuls=2) > 0
+
+
+def test_tiny_generate_stage_compares_one_batch_with_one_prompt_at_a_time(bench):
+    rows = bench.run_benchmark(["generate"], "tiny", steps=1, warmup=0)
+    assert [(r["configuration"], r["batch"], r["status"]) for r in rows] == [
+        ("optimized", 32, "ok"), ("reference", 32, "ok")]
+    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] and rows[1]["ratio"] == 1.0
+    assert "32 new tokens" in rows[0]["note"]

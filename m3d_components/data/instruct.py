@@ -1,0 +1,99 @@
+"""The LaMed task datasets of one split, built from the published files in one call.
+
+Bundle configs name the files and the tasks; this module turns them into ``{task: dataset}`` for
+:class:`~m3d_components.data.mixture.TaskMixture` (training) or
+:func:`~m3d_components.data.mixture.evaluation_suite` (validation, test). REC and REG each combine the class-name and
+the definition ("des") variants over every M3D-Seg dataset given.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from m3d_components.data.cap import CapDataset, read_cap_split
+from m3d_components.data.seg import SegTaskDataset, read_seg_split, read_term_dictionary
+from m3d_components.data.vqa import VQADataset, read_vqa_csv
+
+__all__ = ["INSTRUCTION_TASKS", "find_seg_jsons", "instruction_datasets"]
+
+INSTRUCTION_TASKS = ("caption", "vqa_closed", "vqa_open", "rec", "reg")
+# Text fields a laterality-swapping flip must rewrite together with the image.
+TEXT_KEYS = ("text", "vqa_question", "choice_A", "choice_B", "choice_C", "choice_D", "answer_text", "class_name")
+
+
+def find_seg_jsons(seg_dir: str | os.PathLike) -> list[str]:
+    """Every per-dataset ``<code>/<code>.json`` under an M3D-Seg folder, sorted."""
+    found = sorted(
+        p for p in glob.glob(os.path.join(str(seg_dir), "*", "*.json")) if Path(p).stem == Path(p).parent.name
+    )
+    if not found:
+        raise FileNotFoundError(f"no <code>/<code>.json dataset file under {seg_dir}")
+    return found
+
+
+def instruction_datasets(
+    tasks: Sequence[str],
+    split: str,
+    *,
+    cap_json: str | os.PathLike | None = None,
+    vqa_csv: str | os.PathLike | None = None,
+    seg_jsons: Sequence[str | os.PathLike] = (),
+    term_dictionary: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    transform: Callable | None = None,
+    seg_transform: Callable | None = None,
+    seed: int | None = None,
+    image_shape: Sequence[int] | None = None,
+    max_report_words: int | None = None,
+) -> dict[str, torch.utils.data.Dataset]:
+    """``{task: dataset}`` for ``tasks`` ⊆ caption, vqa_closed, vqa_open, rec, reg on ``split``.
+
+    Args:
+        cap_json: M3D-Cap split JSON (caption task); ``split`` is one of its keys.
+        vqa_csv: the M3D-VQA CSV of this split (VQA tasks).
+        seg_jsons: M3D-Seg per-dataset JSON files (REC/REG); ``split`` is read with the train/test aliases.
+        term_dictionary: class → definitions, for the definition variants of REC/REG.
+        data_root: the folder image paths start from (default: each index file's folder).
+        transform: the transform of image-only samples (caption, VQA).
+        seg_transform: the transform of REC/REG samples, moving the ``seg`` mask with the image (default:
+            ``transform``).
+        seed, image_shape: passed to every dataset (see ``RecordDataset``).
+        max_report_words: shorten reports (caption targets) to whole sentences within this many words.
+
+    Raises:
+        ValueError: an unknown task, or a task whose input file is not given.
+    """
+    unknown = sorted(set(tasks) - set(INSTRUCTION_TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; expected some of {INSTRUCTION_TASKS}")
+    common = {"transform": transform, "seed": seed, "image_shape": image_shape}
+    seg_common = {**common, "transform": seg_transform if seg_transform is not None else transform}
+    out: dict[str, torch.utils.data.Dataset] = {}
+
+    def need(value, what: str, task: str):
+        if not value:
+            raise ValueError(f"task {task!r} needs {what}")
+        return value
+
+    if "caption" in tasks:
+        records = read_cap_split(need(cap_json, "cap_json", "caption"), split, data_root)
+        out["caption"] = CapDataset(records, max_words=max_report_words, **common)
+    vqa_tasks = [t for t in ("vqa_closed", "vqa_open") if t in tasks]
+    if vqa_tasks:
+        records = read_vqa_csv(need(vqa_csv, "vqa_csv", vqa_tasks[0]), data_root)
+        for task in vqa_tasks:
+            out[task] = VQADataset(records, closed=task == "vqa_closed", **common)
+    seg_tasks = [t for t in ("rec", "reg") if t in tasks]
+    if seg_tasks:
+        terms = read_term_dictionary(need(term_dictionary, "term_dictionary", seg_tasks[0]))
+        records = [r for path in need(seg_jsons, "seg_jsons", seg_tasks[0]) for r in read_seg_split(path, split, data_root)]
+        for task in seg_tasks:
+            out[task] = torch.utils.data.ConcatDataset([
+                SegTaskDataset(records, task, terms, describe=describe, **seg_common) for describe in (False, True)
+            ])
+    return out

@@ -1,0 +1,62 @@
+"""Task scores, the generating inferer and the prediction file, on real tiny models and hand-made outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from m3d_components.engines.instruct import InstructionScores, PredictionWriter, score_sample
+
+NAN_BOX = [math.nan] * 6
+BOX = [0.1, 0.2, 0.2, 0.5, 0.6, 0.6]
+
+
+def test_scores_per_task():
+    closed = {"answer_letter": "B", "question_type": 1, "choices": {"A": "Axial", "B": "Sagittal", "C": "x", "D": "y"}}
+    assert score_sample("vqa_closed", "B. Sagittal", closed) == {
+        "cvqa/acc": 1.0, "cvqa/acc_type1": 1.0, "cvqa/acc_lenient": 1.0}
+    assert score_sample("vqa_closed", "A. Axial B. Sagittal", closed)["cvqa/acc"] == 0.0
+    rec = score_sample("rec", "The box is [0.1, 0.2, 0.2, 0.5, 0.6, 0.6].", {"box": BOX})
+    assert rec == {"rec/iou": pytest.approx(1.0), "rec/acc@0.2": 1.0, "rec/acc@0.5": 1.0}
+    assert score_sample("rec", "It is not here.", {"box": BOX})["rec/iou"] == 0.0  # no box counts as a miss
+    assert score_sample("rec", "There is no liver.", {"box": NAN_BOX}) == {"rec/neg_acc": 1.0}
+    assert score_sample("rec", "At [0.1, 0.2, 0.2, 0.5, 0.6, 0.6].", {"box": NAN_BOX}) == {"rec/neg_acc": 0.0}
+    assert score_sample("caption", "Axial CT.", {"answer": "Axial CT."})["rg/bleu"] == pytest.approx(1.0)
+
+
+def _output(texts, **target):
+    return {"pred": {"text": texts, "loss": torch.tensor(1.0)}, "label": target}
+
+
+def test_scores_average_over_samples_and_baseline_box():
+    metric = InstructionScores(prefix="val/", baseline_box=BOX)
+    metric.reset()
+    metric.update((["B. x", "C. y"], {"task": ["vqa_closed"] * 2, "answer_letter": ["B", "B"],
+                                       "question_type": [1, 2], "choices": [None, None]}))
+    metric.update((["[0.1, 0.2, 0.2, 0.5, 0.6, 0.6]"], {"task": ["rec"], "box": [torch.tensor(BOX)]}))
+    scores = metric.compute()
+    assert scores["val/cvqa/acc"] == 0.5 and scores["val/cvqa/acc_type1"] == 1.0 and scores["val/cvqa/acc_type2"] == 0
+    assert scores["val/rec/baseline_acc@0.2"] == 1.0 and scores["val/rec/acc@0.2"] == 1.0
+    assert "val/rg/bleu" not in scores  # tasks not evaluated are not reported as 0
+    summary = InstructionScores(prefix="val/", summary=True)
+    summary.reset()
+    summary.update((["B. x"], {"task": ["vqa_closed"], "answer_letter": ["B"], "question_type": [1],
+                               "choices": [None]}))
+    assert summary.compute() == 1.0
+
+
+def test_prediction_writer_truncates_on_start_and_writes_a_line_per_sample(tmp_path):
+    engine = Engine(lambda e, b: _output(["B. x", "no box"], task=["vqa_closed", "rec"], answer_letter=["B", None],
+                                         question_type=[1, None], choices=[None, None],
+                                         box=[torch.tensor(NAN_BOX), torch.tensor(BOX)]))
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("stale\n")
+    PredictionWriter(path).attach(engine)
+    engine.run([0, 1], max_epochs=1)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["prediction"] == "B. x" and rows[0]["box"] is None
+    assert rows[1]["scores"] == {"rec/iou": 0.0, "rec/acc@0.2": 0.0, "rec/acc@0.5": 0.0}
