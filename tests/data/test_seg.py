@@ -67,3 +67,13 @@ def test_definition_required_and_raw_layout_rejected(seg_dataset, tmp_path):
     raw = [{**records[0], "layout": "sparse"}]
     with pytest.raises(DataError, match="m3d prepare m3d-seg"):
         SegTaskDataset(raw, "ss")
+
+
+def test_average_box_of_positive_masks(seg_dataset):
+    from m3d_components.data.seg import average_box
+
+    records = read_seg_split(seg_dataset, "train", data_root=seg_dataset.parents[1])
+    # the one positive mask spans D 2–4, H 3–8, W 4–11 of (8, 16, 16); the negative adds nothing
+    assert average_box(records, (1, 8, 16, 16)) == [0.25, 0.188, 0.25, 0.5, 0.5, 0.688]
+    with pytest.raises(DataError, match="no positive mask"):
+        average_box(records[1:], (1, 8, 16, 16))
