@@ -18,14 +18,19 @@ from pathlib import Path
 from m3d_components.data.cap import load_report, read_cap_split
 from m3d_components.data.demo import make_demo_data
 from m3d_components.data import prompts
-from m3d_components.data.report import shorten_report
-from m3d_components.data.prompts import CAPTION_QUESTIONS, TEMPLATE_FAMILIES
 from m3d_components.data.boxes import mask_to_box, normalize_box
 from m3d_components.data.masks import load_class_mask
+from m3d_components.data.prompts import CAPTION_QUESTIONS, TEMPLATE_FAMILIES
+from m3d_components.data.report import shorten_report
 from m3d_components.data.seg import read_seg_split, read_term_dictionary
 from m3d_components.data.vqa import read_vqa_csv
-from m3d_components.models.tiny import make_tiny_causal_lm, pretrain_causal_lm, make_tiny_text_encoder, train_bpe_tokenizer, \
-    train_wordpiece_tokenizer
+from m3d_components.models.tiny import (
+    make_tiny_causal_lm,
+    make_tiny_text_encoder,
+    pretrain_causal_lm,
+    train_bpe_tokenizer,
+    train_wordpiece_tokenizer,
+)
 
 __all__ = [
     "demo_instruction_texts",
@@ -108,8 +113,9 @@ def demo_pretraining_texts(
     open form ``"<answer>. <question>" + " Sagittal"``: the model learns the answer formats and to pick the option
     that matches what it was told — the multiple-choice skill every instruction-tuned LLM has, which a two-layer model
     would otherwise need thousands of steps to find. Caption requests answered by (shortened) reports add the
-    report language, and REC/REG pairs of organs in the first ``max_records`` training masks the box format. Only training-split text is used, and no image: telling the LLM the answer from the *image*
-    is what LaMed must learn, so an image-free LaMed stays at chance.
+    report language, and REC/REG pairs of organs in the first ``max_records`` training masks the box format. Only
+    training-split text is used, and no image: telling the LLM the answer from the *image* is what LaMed must learn,
+    so an image-free LaMed stays at chance.
     """
     data_dir = Path(data_dir)
     rng = random.Random(seed)

@@ -12,9 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from monai.bundle import run as bundle_run
-
-from m3d_components.engines.paths import find_bundle
+from m3d_components.engines.paths import run_bundle
 
 __all__ = ["STAGES", "chance_recall", "demo_table", "run_demo"]
 
@@ -27,12 +25,6 @@ _BUNDLES = {"clip": "clip_pretrain", "lamed": "lamed_instruct"}
 def chance_recall(k: int, pool: int) -> float:
     """Recall@k of a random ranking of ``pool`` candidates."""
     return min(k, pool) / pool
-
-
-def _run(bundle: str, configs: list[str], **overrides) -> None:
-    root = Path(find_bundle(bundle))
-    files = [str(root / "configs" / c) for c in configs]
-    bundle_run(config_file=files, logging_file=str(root / "configs" / "logging.conf"), **overrides)
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_run", stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
@@ -55,8 +47,8 @@ def run_demo(out_dir: str | os.PathLike = "demo_run", stages: tuple[str, ...] = 
 def _clip(out_dir: Path) -> dict[str, float]:
     bundle = _BUNDLES["clip"]
     dirs = {"output_dir": str(out_dir / bundle / "eval"), "ckpt_dir": str(out_dir / bundle / "models")}
-    _run(bundle, ["train.json", "demo.json"], **dirs)
-    _run(bundle, ["train.json", "demo.json", "evaluate.json"], **dirs)
+    run_bundle(bundle, ["train.json", "demo.json"], **dirs)
+    run_bundle(bundle, ["train.json", "demo.json", "evaluate.json"], **dirs)
     return json.loads((out_dir / bundle / "eval" / "metrics_test.json").read_text())["metrics"]
 
 
@@ -66,9 +58,9 @@ def _lamed(out_dir: Path) -> dict[str, float]:
     vit = out_dir / _BUNDLES["clip"] / "models" / "vision_encoder.safetensors"
     dirs = {"output_dir": str(out_dir / bundle / "eval"), "models_dir": str(out_dir / bundle / "models"),
             "pretrained_vit": str(vit)}
-    _run(bundle, ["train.json", "demo.json"], stage=1, **dirs)
-    _run(bundle, ["train.json", "demo.json"], stage=2, **dirs)
-    _run(bundle, ["train.json", "evaluate.json", "demo.json"], **dirs)
+    run_bundle(bundle, ["train.json", "demo.json"], stage=1, **dirs)
+    run_bundle(bundle, ["train.json", "demo.json"], stage=2, **dirs)
+    run_bundle(bundle, ["train.json", "evaluate.json", "demo.json"], **dirs)
     report = out_dir / bundle / "eval" / "stage2_test"
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]
     control = json.loads((report / "metrics_image_free.json").read_text())["metrics"]

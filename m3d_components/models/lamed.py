@@ -89,11 +89,6 @@ class LaMed(nn.Module):
     def num_image_tokens(self) -> int:
         return self.perceiver.num_tokens
 
-    @property
-    def config(self):
-        """The LLM's config (``hidden_size``, ``vocab_size`` …), so HF-style helpers find it."""
-        return self.llm.config
-
     def encode_images(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) → (B, ``num_image_tokens``, LLM width) in the embedding dtype."""
         features = self.perceiver(self.vision_encoder.patch_features(image))
