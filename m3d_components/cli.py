@@ -57,11 +57,97 @@ class PrepareCommand:
         print(json.dumps(prepare_m3d_seg(raw, out, spatial_size=_shape(size, "size"))))
 
 
+class GenerateCommand:
+    """Make instruction data for your own scans with a local LLM (VQA, its check) and from masks (REC/REG/SS/RES)."""
+
+    def vqa(self, reports: str, llm: str, out: str, split: str = "train", root: str | None = None,
+            n_questions: int = 9, max_report_words: int = 400, batch_size: int = 8, max_new_tokens: int = 768,
+            min_question_words: int = 3, max_question_words: int = 40, max_choice_words: int = 12,
+            limit: int | None = None, skip_invalid: bool = False):
+        """Multiple-choice questions (plane, phase, organ, abnormality, position) from M3D-Cap reports → M3D-VQA CSV.
+
+        Resumable: a rerun with the same --out skips the reports already done (OUT.progress.jsonl keeps each raw
+        LLM reply). Prints how many questions each self-filtering rule removed (also in OUT.summary.json).
+
+        Args:
+            reports: the M3D-Cap split JSON (e.g. M3D_Cap.json).
+            llm: local instruction-tuned LLM: a Hugging Face folder, a .gguf file or a folder holding one.
+            out: the VQA CSV to write.
+            split: which split of the JSON.
+            root: data root of the JSON's paths (default: its folder).
+            n_questions: questions per report (1–9, topics in the published order).
+            max_report_words: shorten long reports to whole sentences within this many words.
+            batch_size: reports per generation batch.
+            max_new_tokens: reply length limit.
+            min_question_words, max_question_words, max_choice_words: the length rule.
+            limit: only the first N reports.
+            skip_invalid: count and log unreadable report entries instead of stopping.
+        """
+        from m3d_components.data.generation.vqa import FilterLimits
+        from m3d_components.engines.generate import generate_vqa
+
+        limits = FilterLimits(min_question_words, max_question_words, max_choice_words)
+        print(json.dumps(generate_vqa(reports, llm, out, split=split, data_root=root, n_questions=n_questions,
+                                      max_report_words=max_report_words, batch_size=batch_size,
+                                      max_new_tokens=max_new_tokens, limits=limits, limit=limit,
+                                      skip_invalid=skip_invalid), indent=1))
+
+    def check(self, vqa: str, llm: str, out: str | None = None, passed_out: str | None = None,
+              batch_size: int = 8, max_new_tokens: int = 64, limit: int | None = None):
+        """The LLM's second check of each VQA row against its report: Check (1 yes, 0 no, −1 unclear) + reason.
+
+        Args:
+            vqa: an M3D-VQA CSV with the source reports in its Text column.
+            llm: local LLM path (folder or GGUF).
+            out: the checked CSV (default: <vqa stem>_checked.csv); resumable.
+            passed_out: also write the rows that passed, without the check columns.
+            batch_size, max_new_tokens: generation settings.
+            limit: only the first N rows.
+        """
+        from m3d_components.engines.generate import check_vqa
+
+        print(json.dumps(check_vqa(vqa, llm, out=out, passed_out=passed_out, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, limit=limit), indent=1))
+
+    def seg_instructions(self, seg: str, out: str, splits: str = "train,test", root: str | None = None,
+                         terms: str | None = None,
+                         no_builtin_terms: bool = False, seed: int = 0, enhance: bool = False,
+                         llm: str | None = None, rewordings: int = 3, batch_size: int = 8):
+        """REC, REG, SS and RES instructions (class-name and definition variants, negatives) from image–mask pairs.
+
+        Writes OUT/seg_instructions_<split>.jsonl, read by the bundles (``seg_instructions_dir``) and checked by
+        ``m3d validate-data m3d-instructions``.
+
+        Args:
+            seg: an M3D-Seg folder in the LaMed-ready layout.
+            out: output folder.
+            splits: comma-separated splits.
+            root: data root of the dataset JSONs' relative paths (default: the --seg folder).
+            terms: comma-separated extra term dictionaries (class → definitions), later ones winning.
+            no_builtin_terms: do not start from the package's organ definitions.
+            seed: template draws depend on it only: the same input gives the same files.
+            enhance: reword every definition with the local LLM (--llm) into --rewordings phrasings.
+            llm: local LLM path for --enhance.
+            rewordings, batch_size: rewording settings.
+        """
+        from m3d_components.engines.generate import generate_seg_instructions
+
+        if enhance and not llm:
+            raise ValueError("--enhance needs --llm (a local LLM folder or GGUF file)")
+        split_list = splits if isinstance(splits, (tuple, list)) else str(splits).split(",")
+        term_list = [] if terms is None else (terms if isinstance(terms, (tuple, list)) else str(terms).split(","))
+        print(json.dumps(generate_seg_instructions(seg, out, splits=split_list, data_root=root, terms=term_list,
+                                                   builtin_terms=not no_builtin_terms, seed=seed,
+                                                   enhance_llm=llm if enhance else None, rewordings=rewordings,
+                                                   batch_size=batch_size), indent=1))
+
+
 class M3DCommand:
     """M3D: 3D medical image analysis with multi-modal LLMs, as MONAI bundles."""
 
     def __init__(self) -> None:
         self.prepare = PrepareCommand()
+        self.generate = GenerateCommand()
 
     def demo(self, out: str = "demo_run"):
         """Run the demo end to end on CPU: demo corpus → M3D-CLIP → LaMed stage 1 → stage 2, evaluated, then a table.
@@ -142,7 +228,7 @@ class M3DCommand:
         """Check a dataset: one line per problem (file/row + reason), then a JSON summary; exit 1 on any error.
 
         Args:
-            format: m3d-cap, m3d-vqa, m3d-seg or m3d-refseg.
+            format: m3d-cap, m3d-vqa, m3d-seg, m3d-refseg or m3d-instructions (from `m3d generate seg-instructions`).
             path: the index file (split JSON / CSV) or, for m3d-seg, a per-dataset JSON or the M3D-Seg folder.
             root: data root that relative paths start from (default: the index file's folder).
             text_only: parse records only; do not open volumes and masks.

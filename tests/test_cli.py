@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from m3d_components.cli import M3DCommand
@@ -36,6 +37,24 @@ def test_make_demo_data_then_validate_every_format(tmp_path):
         result = m3d("validate-data", fmt, str(out / index), *extra, "--shape", "1,32,64,64")
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert result.returncode == 0 and summary["errors"] == 0 and summary["records"] > 0, (fmt, result.stdout)
+    # instructions from the demo masks: the validator re-derives every stored box from its mask
+    made = m3d("generate", "seg-instructions", "--seg", str(out / "M3D_Seg"), "--root", str(out), "--out",
+               str(out / "instructions"), "--splits", "train,test")
+    assert made.returncode == 0, made.stderr
+    counts = json.loads(made.stdout)["splits"]["test"]
+    assert counts["positive"] > 0 and counts["negative"] > 0 and counts["rec/definition"] == counts["masks"]
+    result = m3d("validate-data", "m3d-instructions", str(out / "instructions"), "--shape", "1,32,64,64")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0 and summary["errors"] == 0 and summary["records"] == 6 * 11 * 9, result.stdout
+
+
+def test_generate_with_a_missing_llm_says_so(tmp_path):
+    (tmp_path / "r.txt").write_text("Axial CT of the chest.")
+    np.save(tmp_path / "r.npy", np.random.default_rng(0).random((1, 4, 8, 8)).astype(np.float32))
+    (tmp_path / "cap.json").write_text(json.dumps({"train": [{"image": "r.npy", "text": "r.txt"}]}))
+    result = m3d("generate", "vqa", "--reports", str(tmp_path / "cap.json"), "--llm", "Qwen/Qwen2-72B-Instruct",
+                 "--out", str(tmp_path / "vqa.csv"))
+    assert result.returncode != 0 and "is not a local folder (a hub id?)" in result.stderr
 
 
 @pytest.mark.skipif(not ITK.is_file(), reason="Debian package insighttoolkit5-examples not installed")

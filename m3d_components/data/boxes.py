@@ -14,7 +14,7 @@ import numpy as np
 
 from m3d_components.data.tokens import BOX_END, BOX_START
 
-__all__ = ["mask_to_box", "normalize_box", "denormalize_box", "format_box", "parse_boxes"]
+__all__ = ["mask_to_box", "mask_box", "normalize_box", "denormalize_box", "format_box", "parse_boxes"]
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOX_RE = re.compile(r"\[\s*" + r"\s*,\s*".join([f"({_NUMBER})"] * 6) + r"\s*\]")
@@ -31,6 +31,12 @@ def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int, int, int] | None:
     if any(i.size == 0 for i in idx):
         return None
     return tuple(int(i[0]) for i in idx) + tuple(int(i[-1]) for i in idx)  # type: ignore[return-value]
+
+
+def mask_box(mask: np.ndarray) -> list[float] | None:
+    """The normalised box of a (1, D, H, W) or (D, H, W) mask, as written in text; None when the mask is empty."""
+    voxel_box = mask_to_box(mask)
+    return normalize_box(voxel_box, np.shape(mask)[-3:]) if voxel_box is not None else None
 
 
 def normalize_box(box: Sequence[float], shape: Sequence[int]) -> list[float]:

@@ -3,7 +3,8 @@
 Bundle configs name the files and the tasks; this module turns them into ``{task: dataset}`` for
 :class:`~m3d_components.data.mixture.TaskMixture` (training) or
 :func:`~m3d_components.data.mixture.evaluation_suite` (validation, test). REC and REG each combine the class-name and
-the definition ("des") variants over every M3D-Seg dataset given.
+the definition ("des") variants over every M3D-Seg dataset given, templated on the fly — or, when a folder written by
+``m3d generate seg-instructions`` is given, come from its fixed instruction files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from m3d_components.data.cap import CapDataset, read_cap_split
+from m3d_components.data.instruction_file import InstructionFileDataset, instruction_file, read_instruction_file
 from m3d_components.data.seg import SegTaskDataset, read_seg_split, read_term_dictionary
 from m3d_components.data.vqa import VQADataset, read_vqa_csv
 
@@ -23,7 +25,10 @@ __all__ = ["INSTRUCTION_TASKS", "find_seg_jsons", "instruction_datasets"]
 
 INSTRUCTION_TASKS = ("caption", "vqa_closed", "vqa_open", "rec", "reg")
 # Text fields a laterality-swapping flip must rewrite together with the image.
-TEXT_KEYS = ("text", "vqa_question", "choice_A", "choice_B", "choice_C", "choice_D", "answer_text", "class_name")
+TEXT_KEYS = (
+    "text", "vqa_question", "choice_A", "choice_B", "choice_C", "choice_D", "answer_text", "class_name", "question",
+    "answer",
+)
 
 
 def find_seg_jsons(seg_dir: str | os.PathLike) -> list[str]:
@@ -44,6 +49,7 @@ def instruction_datasets(
     vqa_csv: str | os.PathLike | None = None,
     seg_jsons: Sequence[str | os.PathLike] = (),
     term_dictionary: str | os.PathLike | None = None,
+    seg_instructions_dir: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
     transform: Callable | None = None,
     seg_transform: Callable | None = None,
@@ -58,6 +64,8 @@ def instruction_datasets(
         vqa_csv: the M3D-VQA CSV of this split (VQA tasks).
         seg_jsons: M3D-Seg per-dataset JSON files (REC/REG); ``split`` is read with the train/test aliases.
         term_dictionary: class → definitions, for the definition variants of REC/REG.
+        seg_instructions_dir: a folder of ``seg_instructions_<split>.jsonl``; when given, REC/REG come from it
+            (paths relative to the file) and ``seg_jsons``/``term_dictionary`` are not needed.
         data_root: the folder image paths start from (default: each index file's folder).
         transform: the transform of image-only samples (caption, VQA).
         seg_transform: the transform of REC/REG samples, moving the ``seg`` mask with the image (default:
@@ -89,7 +97,11 @@ def instruction_datasets(
         for task in vqa_tasks:
             out[task] = VQADataset(records, closed=task == "vqa_closed", **common)
     seg_tasks = [t for t in ("rec", "reg") if t in tasks]
-    if seg_tasks:
+    if seg_tasks and seg_instructions_dir is not None:
+        records = read_instruction_file(instruction_file(seg_instructions_dir, split), tasks=seg_tasks)
+        for task in seg_tasks:
+            out[task] = InstructionFileDataset([r for r in records if r["task"] == task], task, **seg_common)
+    elif seg_tasks:
         terms = read_term_dictionary(need(term_dictionary, "term_dictionary", seg_tasks[0]))
         records = [r for path in need(seg_jsons, "seg_jsons", seg_tasks[0]) for r in read_seg_split(path, split, data_root)]
         for task in seg_tasks:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from m3d_components.data import prompts
-from m3d_components.data.boxes import mask_to_box, normalize_box
+from m3d_components.data.boxes import mask_box
 from m3d_components.data.dataset import RecordDataset, Sample
 from m3d_components.data.errors import DataError
 from m3d_components.data.masks import class_index_from_name, load_class_mask
@@ -199,8 +199,7 @@ class SegTaskDataset(RecordDataset):
 
     def format(self, sample: Sample, rng: random.Random) -> Sample:
         seg = np.asarray(sample["seg"]).astype(bool)
-        voxel_box = mask_to_box(seg)
-        box = normalize_box(voxel_box, seg.shape[1:]) if voxel_box is not None else None
+        box = mask_box(seg)
         name = sample["class_name"]
         definition = self._definition(name, rng)
         if self.task in ("ss", "res"):
@@ -225,10 +224,9 @@ def average_box(records: Sequence[dict], image_shape: Sequence[int], limit: int 
     """
     boxes = []
     for record in list(records)[:limit]:
-        mask = load_class_mask(record["label"], tuple(image_shape))
-        box = mask_to_box(mask)
+        box = mask_box(load_class_mask(record["label"], tuple(image_shape)))
         if box is not None:
-            boxes.append(normalize_box(box, mask.shape[1:]))
+            boxes.append(box)
     if not boxes:
         raise DataError("segmentation records", "no positive mask to average a box over")
     return [round(float(v), 3) for v in np.mean(boxes, axis=0)]

@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from m3d_components.data.cap import load_report, read_cap_json, read_cap_split
+from m3d_components.data.boxes import mask_box
 from m3d_components.data.errors import DataError
+from m3d_components.data.instruction_file import read_instruction_file
 from m3d_components.data.masks import load_class_mask, load_sparse_mask
 from m3d_components.data.refseg import load_region_mask, read_refseg_csv
 from m3d_components.data.seg import SPLIT_ALIASES, read_json_object, read_label_names, read_seg_split, read_term_dictionary
@@ -24,7 +26,7 @@ from m3d_components.data.vqa import read_vqa_csv
 
 __all__ = ["FORMATS", "ValidationReport", "validate_data"]
 
-FORMATS = ("m3d-cap", "m3d-vqa", "m3d-seg", "m3d-refseg")
+FORMATS = ("m3d-cap", "m3d-vqa", "m3d-seg", "m3d-refseg", "m3d-instructions")
 
 
 @dataclass
@@ -67,6 +69,19 @@ class _Checker:
     def record(self, results: Sequence[object]) -> None:
         self.report.records += 1
         self.report.invalid += any(isinstance(r, DataError) for r in results)
+
+
+def _check_record(checker: _Checker, rec: dict, text_only: bool, shape, mask_checks: Callable[[tuple], list]) -> None:
+    """Count a record: text-only, or after opening its volume (once per file) and running ``mask_checks`` on the
+    volume's shape; any check result that is a :class:`DataError` marks the record invalid."""
+    if text_only:
+        checker.record([])
+        return
+    image_shape = checker.check(("volume", rec["image"]), lambda: load_volume(rec["image"], shape).shape)
+    results = [image_shape]
+    if not isinstance(image_shape, DataError):
+        results += mask_checks(image_shape)
+    checker.record(results)
 
 
 def _reader_errors(report: ValidationReport, checker: _Checker) -> Callable[[DataError], None]:
@@ -133,35 +148,52 @@ def _seg(path: Path, root, text_only, shape, report, checker) -> None:
         splits = [s for s in ("train", "test") if any(k in spec for k in SPLIT_ALIASES[s])]
         for split in splits:
             for rec in read_seg_split(json_path, split, root, not text_only, on_error=_reader_errors(report, checker)):
-                if text_only:
-                    checker.record([])
-                elif rec["layout"] == "sparse":
+                if not text_only and rec["layout"] == "sparse":
                     checker.record([checker.check(("raw", rec["label"]), lambda r=rec: _raw_seg_case(r))])
-                else:
-                    image_shape = checker.check(("volume", rec["image"]), lambda r=rec: load_volume(r["image"], shape).shape)
-                    results = [image_shape]
-                    if not isinstance(image_shape, DataError):
-                        results.append(
-                            checker.check(("mask", rec["label"]), lambda r=rec, s=image_shape: load_class_mask(r["label"], s).sum())
-                        )
-                    checker.record(results)
+                    continue
+
+                def mask(image_shape: tuple, r=rec) -> list:
+                    return [checker.check(("mask", r["label"]), lambda: load_class_mask(r["label"], image_shape).sum())]
+
+                _check_record(checker, rec, text_only, shape, mask)
 
 
 def _refseg(path: Path, root, text_only, shape, report, checker) -> None:
     for rec in read_refseg_csv(path, root, not text_only, on_error=_reader_errors(report, checker)):
-        if text_only:
-            checker.record([])
-            continue
-        image_shape = checker.check(("volume", rec["image"]), lambda r=rec: load_volume(r["image"], shape).shape)
-        results = [image_shape]
-        if not isinstance(image_shape, DataError):
-            key = ("region", rec["mask"], rec["mask_id"])
-            region = checker.check(key, lambda r=rec, s=image_shape: int(load_region_mask(r["mask"], r["mask_id"], s).sum()))
-            results.append(region)
-        checker.record(results)
+        def region(image_shape: tuple, r=rec) -> list:
+            key = ("region", r["mask"], r["mask_id"])
+            return [checker.check(key, lambda: int(load_region_mask(r["mask"], r["mask_id"], image_shape).sum()))]
+
+        _check_record(checker, rec, text_only, shape, region)
 
 
-_VALIDATORS = {"m3d-cap": _cap, "m3d-vqa": _vqa, "m3d-seg": _seg, "m3d-refseg": _refseg}
+def _box_agrees(rec: dict, box: list[float] | None, file: Path) -> DataError | None:
+    """The stored box of an instruction must be its mask's box (within the 3-decimal rounding)."""
+    stored = rec["box"]
+    if (box is None) != (stored is None) or (box is not None and max(abs(a - b) for a, b in zip(box, stored)) > 1e-3):
+        return DataError(file.name, f"stored box {stored} but mask {rec['mask'].name} gives {box}", rec["row"])
+    return None
+
+
+def _instructions(path: Path, root, text_only, shape, report, checker) -> None:
+    files = sorted(path.glob("seg_instructions_*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(str(path), "no seg_instructions_<split>.jsonl files in this folder")
+    for file in files:
+        for rec in read_instruction_file(file, root, check_files=not text_only, on_error=_reader_errors(report, checker)):
+            def box_matches(image_shape: tuple, r=rec, f=file) -> list:
+                box = checker.check(("mask box", r["mask"]), lambda: mask_box(load_class_mask(r["mask"], image_shape)))
+                mismatch = None if isinstance(box, DataError) else _box_agrees(r, box, f)
+                if mismatch is not None:
+                    checker.problem(mismatch)
+                return [box, mismatch]
+
+            _check_record(checker, rec, text_only, shape, box_matches)
+
+
+_VALIDATORS = {
+    "m3d-cap": _cap, "m3d-vqa": _vqa, "m3d-seg": _seg, "m3d-refseg": _refseg, "m3d-instructions": _instructions,
+}
 
 
 def validate_data(
@@ -175,7 +207,8 @@ def validate_data(
 
     Args:
         fmt: ``m3d-cap`` (split JSON), ``m3d-vqa`` (CSV), ``m3d-seg`` (a per-dataset JSON or the folder holding
-            ``<code>/<code>.json``), ``m3d-refseg`` (CSV).
+            ``<code>/<code>.json``), ``m3d-refseg`` (CSV), ``m3d-instructions`` (a ``seg_instructions_<split>.jsonl``
+            file or the folder holding them).
         path: the index file (or M3D-Seg folder).
         root: the data root that relative paths start from; defaults to the index file's folder.
         text_only: parse records only, without opening the referenced files (for when volumes are absent).

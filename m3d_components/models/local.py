@@ -7,6 +7,7 @@ pass ``local_files_only=True``; remote code stays off unless the caller asks for
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -17,8 +18,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrai
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import is_flash_attn_2_available
 
-__all__ = ["CONFIG_FILE", "TOKENIZER_FILES", "resolve_local_model", "load_tokenizer", "load_text_encoder",
-           "load_causal_lm"]
+__all__ = ["CONFIG_FILE", "TOKENIZER_FILES", "resolve_local_model", "resolve_gguf", "load_tokenizer",
+           "load_text_encoder", "load_causal_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,35 @@ def resolve_local_model(name_or_path: str | Path, what: str = "model") -> Path:
     raise FileNotFoundError(f"{what} folder '{value}' does not exist ({path.absolute()}). {_download_hint(value)}")
 
 
+def resolve_gguf(path: str | Path) -> tuple[Path, str] | None:
+    """(folder, file name) when ``path`` is a ``.gguf`` file, or a folder with no config.json and exactly one
+    ``.gguf`` file (e.g. a model installed as a Python package); None for an ordinary Hugging Face folder.
+
+    Raises:
+        ImportError: a GGUF model is given but the ``gguf`` package that transformers reads it with is missing.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_file() and candidate.suffix == ".gguf":
+        found = candidate
+    elif candidate.is_dir() and not (candidate / CONFIG_FILE).is_file():
+        files = sorted(candidate.glob("*.gguf"))
+        if len(files) != 1:
+            return None
+        found = files[0]
+    else:
+        return None
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"{found} is a GGUF model; reading it needs the 'gguf' package (pip install gguf)")
+    return found.parent.resolve(), found.name
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer`` from a local folder; extra keyword arguments go to ``from_pretrained``."""
+    """``AutoTokenizer`` from a local folder or GGUF file; extra keyword arguments go to ``from_pretrained``."""
     if kwargs.pop("local_files_only", True) is not True:
         raise ValueError("local_files_only=False is not supported: nothing is downloaded at run time")
+    gguf = resolve_gguf(path)
+    if gguf is not None:
+        return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1], local_files_only=True, **kwargs)
     folder = resolve_local_model(path, "tokenizer")
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
 
@@ -90,7 +116,17 @@ def load_causal_lm(
     *,
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """A causal LM (``AutoModelForCausalLM``) from a local folder; ``dtype=None`` keeps the checkpoint's dtype."""
+    """A causal LM (``AutoModelForCausalLM``) from a local folder; ``dtype=None`` keeps the checkpoint's dtype.
+
+    A GGUF file (or a folder holding one, see :func:`resolve_gguf`) is de-quantised by transformers to ``dtype``
+    (default float32); such weights are real but lossy, fine for data generation and tests.
+    """
+    gguf = resolve_gguf(path)
+    if gguf is not None:
+        return AutoModelForCausalLM.from_pretrained(
+            gguf[0], gguf_file=gguf[1], dtype=dtype or torch.float32, local_files_only=True,
+            attn_implementation=_installed_attention(attn_implementation),
+        )
     return _load(AutoModelForCausalLM, path, "LLM", dtype, attn_implementation, trust_remote_code)
 
 

@@ -207,3 +207,25 @@ def test_bundle_layout_and_metadata():
     meta = read_json(bundle / "configs" / "metadata.json")
     assert meta["version"] in meta["changelog"] and "peft" in meta["required_packages_version"]
     assert not list(bundle.rglob("*.py")), "bundles hold configs and docs only"
+
+
+def test_generated_seg_instructions_feed_the_training_mixture(demo_dir, tmp_path):
+    """`m3d generate seg-instructions` output replaces the on-the-fly REC/REG templates (`seg_instructions_dir`)."""
+    from monai.bundle import ConfigParser
+
+    from m3d_components.data.instruction_file import InstructionFileDataset
+    from m3d_components.engines.generate import generate_seg_instructions
+
+    summary = generate_seg_instructions(demo_dir / "M3D_Seg", tmp_path, splits=("train", "validation"),
+                                        data_root=demo_dir)
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / BUNDLE / "configs" / c) for c in TRAIN])
+    parser.update({"demo_dir": str(demo_dir), "seg_instructions_dir": str(tmp_path)})
+    datasets = parser.get_parsed_content("train#datasets")
+    for task in ("rec", "reg"):
+        assert isinstance(datasets[task], InstructionFileDataset)
+        assert len(datasets[task]) == summary["splits"]["train"][f"{task}/label"] * 2
+    sample = datasets["rec"][0]
+    assert sample["task"] == "rec" and sample["seg"].shape[1:] == (32, 64, 64)
+    validation = parser.get_parsed_content("validate#datasets")
+    assert len(validation["reg"]) == summary["splits"]["validation"]["masks"] * 2
