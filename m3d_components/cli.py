@@ -61,7 +61,7 @@ class GenerateCommand:
     """Make instruction data for your own scans with a local LLM (VQA, its check) and from masks (REC/REG/SS/RES)."""
 
     def vqa(self, reports: str, llm: str, out: str, split: str = "train", root: str | None = None,
-            n_questions: int = 9, max_report_words: int = 400, batch_size: int = 8, max_new_tokens: int = 768,
+            n_questions: int = 9, max_report_words: int = 400, batch_size: int = 4, max_new_tokens: int = 64,
             min_question_words: int = 3, max_question_words: int = 40, max_choice_words: int = 12,
             limit: int | None = None, skip_invalid: bool = False):
         """Multiple-choice questions (plane, phase, organ, abnormality, position) from M3D-Cap reports → M3D-VQA CSV.
@@ -77,8 +77,8 @@ class GenerateCommand:
             root: data root of the JSON's paths (default: its folder).
             n_questions: questions per report (1–9, topics in the published order).
             max_report_words: shorten long reports to whole sentences within this many words.
-            batch_size: reports per generation batch.
-            max_new_tokens: reply length limit.
+            batch_size: reports per generation batch (each gives n_questions prompts).
+            max_new_tokens: length limit of each reply line (question, choices, answer).
             min_question_words, max_question_words, max_choice_words: the length rule.
             limit: only the first N reports.
             skip_invalid: count and log unreadable report entries instead of stopping.
@@ -109,7 +109,7 @@ class GenerateCommand:
         print(json.dumps(check_vqa(vqa, llm, out=out, passed_out=passed_out, batch_size=batch_size,
                                    max_new_tokens=max_new_tokens, limit=limit), indent=1))
 
-    def seg_instructions(self, seg: str, out: str, splits: str = "train,test", root: str | None = None,
+    def seg_instructions(self, seg: str, out: str, splits: str = "train,validation,test", root: str | None = None,
                          terms: str | None = None,
                          no_builtin_terms: bool = False, seed: int = 0, enhance: bool = False,
                          llm: str | None = None, rewordings: int = 3, batch_size: int = 8):
@@ -121,7 +121,7 @@ class GenerateCommand:
         Args:
             seg: an M3D-Seg folder in the LaMed-ready layout.
             out: output folder.
-            splits: comma-separated splits.
+            splits: comma-separated splits (validation falls back to a dataset's test list when it has none).
             root: data root of the dataset JSONs' relative paths (default: the --seg folder).
             terms: comma-separated extra term dictionaries (class → definitions), later ones winning.
             no_builtin_terms: do not start from the package's organ definitions.

@@ -35,7 +35,8 @@ __all__ = [
     "read_term_dictionary",
 ]
 
-SPLIT_ALIASES = {"train": ("train", "training"), "test": ("test", "validation")}
+# M3D-Seg ships train/test (older copies training/validation): each split name falls back to its counterpart.
+SPLIT_ALIASES = {"train": ("train", "training"), "test": ("test", "validation"), "validation": ("validation", "test")}
 SEG_TASKS = ("ss", "res", "rec", "reg")
 
 

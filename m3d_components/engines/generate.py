@@ -59,13 +59,16 @@ def progress_path(out: str | os.PathLike) -> Path:
     return Path(f"{out}.progress.jsonl")
 
 
-def _read_progress(out: Path) -> list[dict]:
+def _start_progress(out: Path) -> list[dict]:
+    """The finished entries of an earlier run (creating the progress file first, so that any output written later
+    always has one). A last line cut short by a crash is removed: its item is done again."""
     progress = progress_path(out)
     if not progress.is_file():
         if out.exists():
             raise FileExistsError(
                 f"{out} exists but has no {progress.name} to resume from; remove it or pick another --out"
             )
+        progress.touch()
         return []
     lines = progress.read_text(encoding="utf-8").splitlines()
     entries = []
@@ -73,10 +76,24 @@ def _read_progress(out: Path) -> list[dict]:
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError:
-            # Only the last line can be cut short by a crash (its report is redone); anything else is damage.
             if i != len(lines) - 1:
                 raise DataError(str(progress), "damaged progress line; remove the file to start again", i) from None
+            _replace(progress, "".join(f"{kept}\n" for kept in lines[:-1]))
     return entries
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a crash leaves the old version)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(str(path), f"cannot parse as CSV ({type(err).__name__}: {err})") from err
 
 
 def _append(path: Path, entries: Iterable[dict]) -> None:
@@ -97,9 +114,9 @@ def _chat(llm: ChatLM | str | os.PathLike, batch_size: int, max_new_tokens: int)
 def _guided_replies(chat: ChatLM, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
     """Question line, choices line, answer line: each step continues every prompt's reply so far (GUIDED_LAYOUT)."""
     prefixes = [REPLY_PREFIX] * len(prompts)
-    for follow in GUIDED_LAYOUT:
+    for keep, follow in GUIDED_LAYOUT:
         replies = chat.complete(prompts, max_new_tokens, batch_size, prefix=prefixes)
-        prefixes = [continue_layout(r, p, follow) for r, p in zip(replies, prefixes)]
+        prefixes = [continue_layout(r, p, keep, follow) for r, p in zip(replies, prefixes)]
     return prefixes
 
 
@@ -141,11 +158,11 @@ def generate_vqa(
     out.parent.mkdir(parents=True, exist_ok=True)
     records = read_cap_split(reports, split, data_root, skip_invalid=skip_invalid)[:limit]
     key = {id(r): Path(os.path.relpath(r["image"], out.parent)).as_posix() for r in records}
-    done_entries = _read_progress(out)
-    done = {e["image"] for e in done_entries}
-    if out.exists():
-        table = pd.read_csv(out, dtype=str, keep_default_na=False)
-        table[table["Image Path"].isin(done)].to_csv(out, index=False)
+    question_prompts("check", n_questions)  # a bad count fails before anything is loaded
+    done = {e["image"] for e in _start_progress(out)}
+    if out.exists():  # rows of a report without a progress line (a crash between the two writes) go
+        table = _read_table(out)
+        _replace(out, table[table["Image Path"].isin(done)].to_csv(index=False))
     todo = [r for r in records if key[id(r)] not in done]
     logger.info("%d reports in %s[%r]; %d done earlier, %d to go", len(records), reports, split, len(done), len(todo))
     chat = _chat(llm, batch_size, max_new_tokens) if todo else None
@@ -155,6 +172,10 @@ def generate_vqa(
         for record in todo[start:start + batch_size]:
             try:
                 record["report"] = load_report(record["text_path"], max_report_words)
+                # the guided layout's last step holds the question and choices lines too: leave room for all three
+                if chat.too_long(question_prompts(record["report"], n_questions), 3 * max_new_tokens):
+                    raise DataError(str(record["text_path"]), "report too long for the LLM's context with the "
+                                    "prompt; lower --max_report_words")
                 chunk.append(record)
             except DataError as err:
                 if not skip_invalid:
@@ -183,11 +204,11 @@ def generate_vqa(
 
 
 def _vqa_summary(out: Path, n_reports: int, resumed: int) -> dict:
-    entries = _read_progress(out)
+    entries = _start_progress(out)
     removed = Counter({name: 0 for name in FILTERS})
     for e in entries:
         removed.update(e["removed"])
-    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    table = _read_table(out)
     summary = {
         "out": str(out),
         "reports": n_reports,
@@ -234,7 +255,11 @@ def check_vqa(
     missing = [r["row"] for r in records if not r["report"]]
     if missing:
         raise DataError(str(vqa), f"'Text' (the source report) is empty in rows {missing[:10]}; the check needs it")
-    verdicts = {e["row"]: e for e in _read_progress(out)}
+    verdicts = {e["row"]: e for e in _start_progress(out)}
+    stale = [r["row"] for r in records if r["row"] in verdicts and verdicts[r["row"]]["question"] != r["vqa_question"]]
+    if stale:
+        raise DataError(str(progress_path(out)), f"rows {stale[:10]} were checked with other questions: the progress "
+                        f"belongs to another CSV; remove it or pick another --out")
     todo = [r for r in records if r["row"] not in verdicts]
     chat = _chat(llm, batch_size, max_new_tokens) if todo else None
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="check", unit="item")
@@ -251,27 +276,26 @@ def check_vqa(
         replies = chat.complete(prompts, max_new_tokens, batch_size, prefix=vqa_check.REPLY_PREFIX)
         for record, reply in zip(chunk, replies):
             verdict, reason = vqa_check.parse_verdict(reply[len(vqa_check.REPLY_PREFIX):])
-            entries.append({"row": record["row"], "verdict": verdict, "reason": reason, "reply": reply})
+            entries.append({"row": record["row"], "question": record["vqa_question"], "verdict": verdict,
+                            "reason": reason, "reply": reply})
         _append(progress_path(out), entries)
         verdicts.update({e["row"]: e for e in entries})
         bar.update(len(chunk))
     bar.close()
-    table = pd.read_csv(vqa, dtype=str, keep_default_na=False).iloc[[r["row"] for r in records]]
+    table = _read_table(vqa).iloc[[r["row"] for r in records]]
     table["Check"] = [verdicts[r["row"]]["verdict"] for r in records]
     table["Check Reason"] = [verdicts[r["row"]]["reason"] for r in records]
-    tmp = out.with_name(out.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out)
+    _replace(out, table.to_csv(index=False))
     if passed_out is not None:
         table[table["Check"] == 1].drop(columns=list(vqa_check.CHECK_COLUMNS)).to_csv(passed_out, index=False)
-    summary = {"out": str(out), **vqa_check.pass_rate_summary(list(table["Check"]))}
-    summary["by_type"] = {
-        QUESTION_TYPES[r["question_type"]]: vqa_check.pass_rate_summary(
-            [verdicts[x["row"]]["verdict"] for x in records if x["question_type"] == r["question_type"]]
-        )["pass_rate"]
-        for r in records
+    by_type: dict[str, list[int]] = {}
+    for record in records:
+        by_type.setdefault(QUESTION_TYPES[record["question_type"]], []).append(verdicts[record["row"]]["verdict"])
+    return {
+        "out": str(out),
+        **vqa_check.pass_rate_summary(list(table["Check"])),
+        "by_type": {name: vqa_check.pass_rate_summary(v)["pass_rate"] for name, v in by_type.items()},
     }
-    return summary
 
 
 def _reworded_terms(
@@ -281,12 +305,10 @@ def _reworded_terms(
     pairs = [(name, d) for name in classes for d in terms.get(name, [])]
     replies = llm.complete([paraphrase_prompt(d, n) for _, d in pairs], 40 * n, batch_size)
     enhanced = {name: list(terms.get(name, [])) for name in classes}
-    kept = 0
     for (name, definition), reply in zip(pairs, replies):
-        rewordings = parse_paraphrases(reply, definition, n)
-        enhanced[name] += [r for r in rewordings if r not in enhanced[name]]
-        kept += len(rewordings)
-    return {**terms, **enhanced}, {"definitions": len(pairs), "asked": len(pairs) * n, "kept": kept}
+        enhanced[name] += [r for r in parse_paraphrases(reply, definition, n) if r not in enhanced[name]]
+    added = sum(len(enhanced[name]) - len(terms.get(name, [])) for name in classes)
+    return {**terms, **enhanced}, {"definitions": len(pairs), "asked": len(pairs) * n, "kept": added}
 
 
 def _split_present(path: str, split: str) -> bool:
@@ -297,7 +319,7 @@ def _split_present(path: str, split: str) -> bool:
 def generate_seg_instructions(
     seg_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    splits: Sequence[str] = ("train", "test"),
+    splits: Sequence[str] = ("train", "validation", "test"),
     data_root: str | os.PathLike | None = None,
     terms: Sequence[str | os.PathLike] = (),
     builtin_terms: bool = True,
@@ -358,7 +380,7 @@ def generate_seg_instructions(
                     shapes[image] = tuple(np.load(image, mmap_mode="r").shape)
                 box = mask_box(load_class_mask(record["label"], shapes[image]))
                 rng = random.Random(f"{seed}/{record['dataset']}/{split}/{record['row']}")
-                made, _ = instructions_for(record["class_name"], box, dictionary.get(record["class_name"], []), rng)
+                made = instructions_for(record["class_name"], box, dictionary.get(record["class_name"], []), rng)
                 counts["positive" if box is not None else "negative"] += 1
                 for item in made:
                     counts[f"{item['task']}/{item['variant']}"] += 1

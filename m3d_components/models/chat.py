@@ -8,10 +8,11 @@ tokenizer has one; otherwise the messages are joined as plain text. Results come
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -63,11 +64,31 @@ class ChatLM:
         return cls(model, load_tokenizer(path), **kwargs)
 
     def render(self, messages: Messages) -> str:
-        """The prompt text of one conversation, ending where the assistant's next reply starts."""
+        """The prompt text of one conversation, ending where the assistant's next reply starts.
+
+        Chat templates that refuse a system turn (Gemma's, older Mistral ones) get the system text at the start of
+        the first user turn instead.
+        """
         chat = [dict(m) for m in messages]
-        if self.tokenizer.chat_template:
+        if not self.tokenizer.chat_template:
+            return "".join(f"{m['role']}: {m['content']}\n\n" for m in chat) + "assistant: "
+        try:
             return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n\n" for m in chat) + "assistant: "
+        except TemplateError:
+            if chat[0]["role"] != "system" or len(chat) < 2:
+                raise
+            merged = [{"role": chat[1]["role"], "content": f"{chat[0]['content']}\n\n{chat[1]['content']}"}, *chat[2:]]
+            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    def too_long(self, prompts: Sequence[Messages], max_new_tokens: int | None = None) -> list[int]:
+        """Indices of the prompts that leave fewer than ``max_new_tokens`` positions in the model's context."""
+        if not self.context:
+            return []
+        room = self.context - (max_new_tokens or self.max_new_tokens)
+        return [i for i, p in enumerate(prompts) if len(self._ids(self.render(p))) > room]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
     def complete(
@@ -76,7 +97,6 @@ class ChatLM:
         max_new_tokens: int | None = None,
         batch_size: int | None = None,
         prefix: str | Sequence[str] = "",
-        on_batch: Callable[[int], None] | None = None,
     ) -> list[str]:
         """The reply to every prompt, in input order.
 
@@ -86,7 +106,6 @@ class ChatLM:
             batch_size: prompts per ``generate`` call (default: the instance's).
             prefix: the start of every reply (one string, or one per prompt), written into the prompt to prime a
                 layout; returned replies include it.
-            on_batch: called with the number of prompts finished after each batch (e.g. a progress bar update).
 
         Raises:
             ValueError: a prompt that leaves no room for a reply in the model's context; the message names it.
@@ -96,7 +115,7 @@ class ChatLM:
         if len(prefixes) != len(prompts):
             raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts")
         texts = [self.render(p) + start for p, start in zip(prompts, prefixes)]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [self._ids(t) for t in texts]
         if self.context:
             for i, seq in enumerate(ids):
                 if len(seq) + max_new > self.context:
@@ -121,6 +140,4 @@ class ChatLM:
             new = out[:, batch["input_ids"].shape[1]:]
             for i, row in zip(chunk, new):
                 replies[i] = prefixes[i] + self.tokenizer.decode(row, skip_special_tokens=True).rstrip()
-            if on_batch is not None:
-                on_batch(len(chunk))
         return replies

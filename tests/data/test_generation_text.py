@@ -62,7 +62,8 @@ def test_parse_paraphrases_keeps_only_usable_rewordings():
     reply = (
         "Sure! Here are some:\n1. the small sac beneath the liver that keeps bile\n2) The organ that stores bile under "
         "the liver.\n- a pouch holding bile\n3. it\n4. the [SEG] organ\n5. <the organ>\n6. the small sac beneath the "
-        "liver that keeps bile\n7. the reservoir of bile below the liver"
+        "liver that keeps bile\n7. A sac for bile. It sits under the liver.\n8. Here are more rewordings:\n"
+        "9. the reservoir of bile below the liver"
     )
     assert parse_paraphrases(reply, original, 5) == [
         "the small sac beneath the liver that keeps bile", "a pouch holding bile",
@@ -85,19 +86,18 @@ def test_builtin_dictionary_covers_the_demo_organs_and_later_files_win(tmp_path)
 
 def test_instructions_for_a_positive_mask_carry_its_box_or_one_seg():
     box = [0.1, 0.2, 0.3, 0.5, 0.6, 0.7]
-    made, skipped = instructions_for("liver", box, ["the organ that makes bile"], random.Random(0))
-    assert [(m["task"], m["variant"]) for m in made] == list(TASK_VARIANTS) and not skipped
+    made = instructions_for("liver", box, ["the organ that makes bile"], random.Random(0))
+    assert [(m["task"], m["variant"]) for m in made] == list(TASK_VARIANTS)
     by = {(m["task"], m["variant"]): m for m in made}
     assert format_box(box) in by["rec", "label"]["answer"] and "liver" in by["rec", "label"]["question"]
     assert format_box(box) in by["reg", "definition"]["question"]
     assert "the organ that makes bile" in by["rec", "definition"]["question"]
     assert by["ss", "label"]["answer"].count(SEG_TOKEN) == 1 and by["res", "definition"]["answer"].count(SEG_TOKEN) == 1
-    assert made == instructions_for("liver", box, ["the organ that makes bile"], random.Random(0))[0]
+    assert made == instructions_for("liver", box, ["the organ that makes bile"], random.Random(0))
 
 
-def test_negatives_have_no_box_and_no_seg_and_missing_definitions_are_reported():
-    made, skipped = instructions_for("spleen", None, [], random.Random(1))
+def test_negatives_have_no_box_and_no_seg_and_classes_without_definitions_get_label_variants():
+    made = instructions_for("spleen", None, [], random.Random(1))
     assert [(m["task"], m["variant"]) for m in made] == [("rec", "label"), ("reg", "label"), ("ss", "label")]
-    assert skipped == ["rec/definition", "reg/definition", "res/definition"]
     for m in made:
         assert m["box"] is None and BOX_START not in m["question"] + m["answer"] and SEG_TOKEN not in m["answer"]

@@ -41,15 +41,28 @@ def test_prompts_follow_the_published_topic_order_with_a_worked_example():
         question_prompts(REPORT, 10)
 
 
+def _guided(*outputs: str) -> str:
+    """Run the guided layout on scripted step outputs (what the LLM writes after each primed prefix)."""
+    reply = REPLY_PREFIX
+    for (keep, follow), output in zip(GUIDED_LAYOUT, outputs):
+        reply = continue_layout(reply + output, reply, keep, follow)
+    return reply
+
+
 def test_guided_layout_keeps_one_line_per_step():
-    step1 = continue_layout("Question: Which plane is this?\nSure! Here it is", REPLY_PREFIX, GUIDED_LAYOUT[0])
-    assert step1 == "Question: Which plane is this?\nChoice: A."
-    step2 = continue_layout(step1 + " Axial B. Sagittal C. Coronal D. Oblique\nAnswer: A", step1, GUIDED_LAYOUT[1])
-    assert step2.endswith("D. Oblique\nAnswer:")
-    final = continue_layout(step2 + " C. Coronal\n\nExplanation: …", step2, GUIDED_LAYOUT[2])
-    draft = parse_reply(final, 1)
-    assert draft == Draft(1, "Which plane is this?", {"A": "Axial", "B": "Sagittal", "C": "Coronal", "D": "Oblique"},
-                          "C", "Coronal")
+    final = _guided(" Which plane is this?\nSure! Here it is", " Axial B. Sagittal C. Coronal D. Oblique\nAnswer: A",
+                    " C. Coronal\n\nExplanation: …")
+    assert final == ("Question: Which plane is this?\nChoice: A. Axial B. Sagittal C. Coronal D. Oblique\n"
+                     "Answer: C. Coronal")
+    assert parse_reply(final, 1) == Draft(
+        1, "Which plane is this?", {"A": "Axial", "B": "Sagittal", "C": "Coronal", "D": "Oblique"}, "C", "Coronal")
+
+
+def test_guided_layout_keeps_choices_written_one_per_line():
+    final = _guided(" Which organ is shown?\nA. Liver", " Liver\nB. Lung\nC) Kidney\nD. Spleen\nExplanation: x",
+                    " B")
+    draft = parse_reply(final, 3)
+    assert draft.choices == {"A": "Liver", "B": "Lung", "C": "Kidney", "D": "Spleen"} and draft.letter == "B"
 
 
 @pytest.mark.parametrize(
@@ -63,6 +76,11 @@ def test_guided_layout_keeps_one_line_per_step():
         # the text of the answer without its letter, a doubled choice letter
         ("Question: What is seen?\nChoice: A. A. Cyst B. Mass C. Stone D. Air\nAnswer: Mass",
          ("What is seen?", ["Cyst", "Mass", "Stone", "Air"], None, "Mass")),
+        # markdown around the answer, lower-case markers
+        ("Question: Which organ?\nChoice: a. Liver b. Lung c. Kidney d. Spleen\n**Answer:** b. Lung",
+         ("Which organ?", ["Liver", "Lung", "Kidney", "Spleen"], "B", "Lung")),
+        ("Question: Which organ?\nChoice: A. Liver B. Lung C. Kidney D. Spleen\nAnswer: **B**",
+         ("Which organ?", ["Liver", "Lung", "Kidney", "Spleen"], "B", None)),
         # nothing but prose
         ("I cannot write questions about this.", ("", [], None, None)),
     ],

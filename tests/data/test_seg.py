@@ -31,8 +31,9 @@ def test_bad_specs(seg_dataset):
     seg_dataset.write_text(json.dumps(spec))
     with pytest.raises(DataError, match=r"row 1: mask index 5 but only 2 classes"):
         read_seg_split(seg_dataset, "train", data_root=root)
-    with pytest.raises(DataError, match="no split 'validation'"):
-        read_seg_split(seg_dataset, "validation", data_root=root)
+    with pytest.raises(DataError, match="no split 'holdout'"):
+        read_seg_split(seg_dataset, "holdout", data_root=root)
+    assert read_seg_split(seg_dataset, "validation", data_root=root) == []  # falls back to the (empty) test list
     seg_dataset.write_text(json.dumps({"labels": {"0": "background", "2": "x"}, "train": []}))
     with pytest.raises(DataError, match="without gaps"):
         read_seg_split(seg_dataset, "train")

@@ -47,6 +47,9 @@ class ScriptedLM:
             return LEAK
         return "Question: I would rather describe the scan in prose."
 
+    def too_long(self, prompts, max_new_tokens=None):
+        return []
+
     def complete(self, prompts, max_new_tokens=None, batch_size=None, prefix=""):
         prefixes = [prefix] * len(prompts) if isinstance(prefix, str) else list(prefix)
         replies = []
@@ -105,6 +108,11 @@ def test_a_crash_between_rows_and_progress_neither_loses_nor_duplicates(reports,
     summary = generate_vqa(reports, again, out)
     assert _asked_cases(again) == {"2"} and summary["kept"] == 3
     assert out.read_text() == complete
+    assert len(progress_path(out).read_text().splitlines()) == 3  # the cut line was dropped, the redo appended
+    progress_path(out).write_text("")  # rows written, then the crash came before the first progress line
+    redo = ScriptedLM()
+    assert generate_vqa(reports, redo, out)["kept"] == 3 and _asked_cases(redo) == {"0", "1", "2"}
+    assert out.read_text() == complete
 
 
 def test_an_output_without_progress_is_not_overwritten(reports, tmp_path):
@@ -130,6 +138,17 @@ def test_check_adds_verdicts_reports_the_pass_rate_and_writes_passed_rows(report
     assert len(pd.read_csv(passed)) == 2 and not set(CHECK_COLUMNS) & set(pd.read_csv(passed).columns)
     resumed = ScriptedLM()
     assert check_vqa(vqa, resumed)["passed"] == 2 and resumed.asked == []
+
+
+def test_check_progress_of_another_csv_is_refused(reports, tmp_path):
+    vqa = tmp_path / "vqa.csv"
+    generate_vqa(reports, ScriptedLM(), vqa)
+    check_vqa(vqa, ScriptedLM())
+    table = pd.read_csv(vqa)
+    table.loc[0, "Question"] = "Which plane was used for this series?"
+    table.to_csv(vqa, index=False)
+    with pytest.raises(ValueError, match=r"rows \[0\] were checked with other questions"):
+        check_vqa(vqa, ScriptedLM())
 
 
 def test_check_needs_the_report_text(reports, tmp_path):

@@ -49,8 +49,21 @@ def test_without_a_chat_template_the_roles_are_written_out(chat):
 
 def test_a_prompt_too_long_for_the_context_is_named(chat):
     context = chat.context
+    long = _prompt("lesion " * context)
+    assert chat.too_long([PROMPTS[0], long, PROMPTS[1]]) == [1]
     with pytest.raises(ValueError, match=f"prompt 1 has .* context of {context}"):
-        chat.complete([PROMPTS[0], _prompt("lesion " * context)])
+        chat.complete([PROMPTS[0], long])
+
+
+def test_a_template_without_a_system_turn_gets_the_system_text_in_the_first_user_turn(chat):
+    chat.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    )
+    try:
+        assert chat.render(PROMPTS[0]) == "<user>You write radiology questions.\n\nAxial CT of the upper abdomen.<assistant>"
+    finally:
+        chat.tokenizer.chat_template = None
 
 
 def test_gguf_files_are_recognised(tmp_path, llama_dir):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 
+from m3d_components.data.generation.vqa import normalize
 from m3d_components.data.tokens import ALL_NEW_TOKENS
 
 __all__ = ["paraphrase_prompt", "parse_paraphrases"]
 
 SYSTEM_PROMPT = "You rewrite short medical descriptions in other words without changing their meaning."
 
+_SENTENCE_BREAK = re.compile(r"[.!?]\s+\S")  # a second sentence after the first
 _ITEM = re.compile(r"^\s*(?:\d+\s*[.):-]|[-*•])\s*(.+?)\s*$")
 
 
@@ -34,22 +36,21 @@ def paraphrase_prompt(description: str, n: int) -> list[dict[str, str]]:
 
 def parse_paraphrases(reply: str, original: str, n: int, min_words: int = 3, max_words: int = 40) -> list[str]:
     """At most ``n`` usable rewordings from a reply (see the module docstring for what is usable)."""
-    def norm(text: str) -> str:
-        return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-    seen = {norm(original)}
+    seen = {normalize(original)}
     kept = []
     for line in reply.splitlines():
         match = _ITEM.match(line)
         if not match:
             continue
         text = match.group(1).strip(" \"'*")
-        key = norm(text)
+        key = normalize(text)
         if (
             key in seen
             or not min_words <= len(text.split()) <= max_words
             or any(token in text for token in ALL_NEW_TOKENS)
             or re.search(r"[<>{}]", text)
+            or _SENTENCE_BREAK.search(text.rstrip(".!? "))
+            or text.endswith(":")
         ):
             continue
         seen.add(key)

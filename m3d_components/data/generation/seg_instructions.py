@@ -3,8 +3,7 @@
 Each positive or negative (class absent) mask gives :data:`TASK_VARIANTS`: REC and REG by class name ("label") and
 by definition, SS by class name, RES by definition. Definitions come from a term dictionary; the package ships one
 for common organs (``resources/term_dictionary.json``, our own wording) and users extend or override it with the
-M3D-Seg release's ``term_dictionary.json`` or their own. A class without a definition gets only its label variants;
-:func:`instructions_for` reports which were skipped so the caller can count them.
+M3D-Seg release's ``term_dictionary.json`` or their own. A class without a definition gets only its label variants.
 """
 
 from __future__ import annotations
@@ -49,8 +48,8 @@ def instructions_for(
     box: Sequence[float] | None,
     definitions: Sequence[str],
     rng: random.Random,
-) -> tuple[list[dict], list[str]]:
-    """The instructions of one mask, and the ``task/variant`` names skipped for lack of a definition.
+) -> list[dict]:
+    """The instructions of one mask (definition variants only when ``definitions`` is not empty).
 
     Args:
         class_name: the mask's class, e.g. ``"liver"``.
@@ -59,14 +58,13 @@ def instructions_for(
         rng: draws the template and the definition of each instruction.
 
     Returns:
-        ``[{"task", "variant", "question", "answer", "box"}, …]`` and the skipped ``"task/variant"`` names.
+        ``[{"task", "variant", "question", "answer", "box"}, …]``.
     """
-    made, skipped = [], []
+    made = []
     for task, variant in TASK_VARIANTS:
         definition = None
         if variant == "definition":
             if not definitions:
-                skipped.append(f"{task}/{variant}")
                 continue
             definition = rng.choice(list(definitions))
         if task == "rec":
@@ -82,4 +80,4 @@ def instructions_for(
             "answer": answer,
             "box": list(box) if box is not None else None,
         })
-    return made, skipped
+    return made

@@ -33,12 +33,10 @@ __all__ = [
     "VQAItem",
     "continue_layout",
     "filter_drafts",
+    "normalize",
     "parse_reply",
     "question_prompts",
 ]
-
-Messages = list[dict[str, str]]
-
 
 @dataclass(frozen=True)
 class Topic:
@@ -83,15 +81,16 @@ TOPIC_PLAN = (
            "D. Heart and aorta")),
 )
 REPLY_PREFIX = "Question:"
-# What is appended after each finished line of a guided reply (None: the reply is complete).
-GUIDED_LAYOUT = ("\nChoice: A.", "\nAnswer:", None)
+# The steps of a guided reply: what is kept of each step's output (see continue_layout) and what is appended after
+# it to prime the next step (None: the reply is complete).
+GUIDED_LAYOUT = (("line", "\nChoice: A."), ("choices", "\nAnswer:"), ("line", None))
 # Every reason an item can be removed for, in the order the rules run; summaries list them all, zeros included.
 FILTERS = (
     "malformed",
     "copied_example",
+    "duplicate_choices",
     "answer_not_in_choices",
     "inconsistent_letter",
-    "duplicate_choices",
     "mentions_source",
     "answer_in_question",
     "length",
@@ -105,10 +104,11 @@ SYSTEM_PROMPT = (
 
 _HEADER = re.compile(r"(?im)^[\s*#>_-]*question\s*[-#]?\s*\d*\s*\**\s*[:.)]\**")
 _CHOICE_KEY = re.compile(r"(?i)\b(?:choices?|options?)\s*\**\s*:\**")
-_CHOICE = re.compile(r"(?:(?<=\s)|^|(?<=[(:*]))\(?([A-D])[.)]\s*")
+_CHOICE = re.compile(r"(?:(?<=\s)|^|(?<=[(:*]))\(?([A-Da-d])[.)]\s*")
 _ANSWER = re.compile(
-    r"(?i)\**\b(?:the\s+)?(?:correct\s+)?answer\b\**\s*(?:choice\s*)?(?::|\bis\b:?)"
+    r"(?i)\**\b(?:the\s+)?(?:correct\s+)?answer\b\**\s*(?:choice\s*)?(?::|\bis\b:?)\**"
 )
+_CHOICE_LINE = re.compile(r"^\s*\**\(?[B-Db-d][.)]")
 _ANSWER_LETTER = re.compile(r"^\s*\**(?:option\s+)?\(?([A-D])\)?(?:[.):]|\s|$)\**\s*(.*)$", re.S | re.I)
 _SOURCE_WORDS = re.compile(r"(?i)\b(report|the text|file name|filename|according to|as stated|mentioned|passage)\b")
 _PLACEHOLDER = re.compile(r"<[^<>]{1,40}>")
@@ -166,7 +166,7 @@ def _request(report: str, aspect: str) -> str:
     )
 
 
-def question_prompts(report: str, n_questions: int = len(TOPIC_PLAN)) -> list[Messages]:
+def question_prompts(report: str, n_questions: int = len(TOPIC_PLAN)) -> list[list[dict[str, str]]]:
     """Chat messages for the first ``n_questions`` topics of :data:`TOPIC_PLAN` on ``report``: the system prompt,
     the worked example as an earlier turn, then the request.
 
@@ -193,8 +193,8 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("**", " ").split()).strip(" \"'`*_")
 
 
-def _norm(text: str) -> str:
-    """Comparison form: lower case, punctuation dropped, spaces collapsed."""
+def normalize(text: str) -> str:
+    """Comparison form of a text: lower case, punctuation dropped, spaces collapsed."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
@@ -202,15 +202,15 @@ def _split_choices(text: str) -> dict[str, str]:
     """``A. x B. y C. z D. w`` (one line or several) → ``{"A": "x", …}``; markers must come in order A, B, C, D."""
     markers, expected = [], 0
     for match in _CHOICE.finditer(text):
-        if expected < len(CHOICE_LETTERS) and match.group(1) == CHOICE_LETTERS[expected]:
+        if expected < len(CHOICE_LETTERS) and match.group(1).upper() == CHOICE_LETTERS[expected]:
             markers.append(match)
             expected += 1
     choices = {}
     for i, match in enumerate(markers):
         end = markers[i + 1].start() if i + 1 < len(markers) else len(text)
         piece = text[match.end():end].strip().split("\n")[0]  # a choice never spans lines
-        piece = re.sub(rf"^\(?{match.group(1)}[.)]\s*", "", piece)  # "A. A. text" → "text"
-        choices[match.group(1)] = _clean(piece).rstrip(" ,;")
+        piece = re.sub(rf"(?i)^\(?{match.group(1)}[.)]\s*", "", piece)  # "A. A. text" → "text"
+        choices[match.group(1).upper()] = _clean(piece).rstrip(" ,;")
     return choices
 
 
@@ -221,23 +221,34 @@ def _parse_block(number: int, block: str) -> Draft:
     if key:
         question, choice_text = body[: key.start()], body[key.end():]
     else:
-        first = next((m for m in _CHOICE.finditer(body) if m.group(1) == "A"), None)
+        first = next((m for m in _CHOICE.finditer(body) if m.group(1).upper() == "A"), None)
         question, choice_text = (body[: first.start()], body[first.start():]) if first else (body, "")
     draft = Draft(number=number, question=_clean(question), choices=_split_choices(choice_text))
-    answer_line = answer_part.strip().splitlines()[0] if answer_part.strip() else ""
+    answer_line = answer_part.replace("**", " ").strip().splitlines()[0] if answer_part.strip(" *\n") else ""
     letter = _ANSWER_LETTER.match(answer_line)
     if letter:
-        draft.letter, rest = letter.group(1), _clean(letter.group(2))
+        draft.letter, rest = letter.group(1).upper(), _clean(letter.group(2))
         draft.answer = rest or None
     elif answer_line.strip():
         draft.answer = _clean(answer_line)
     return draft
 
 
-def continue_layout(reply: str, prefix: str, follow: str | None) -> str:
-    """Keep the first line the LLM wrote after ``prefix`` and append the next layout step ``follow``."""
-    line = reply[len(prefix):].strip().split("\n")[0].strip()
-    done = f"{prefix} {line}" if line else prefix
+def continue_layout(reply: str, prefix: str, keep: str, follow: str | None) -> str:
+    """Keep what the LLM wrote after ``prefix`` for this step and append the next step ``follow``.
+
+    ``keep`` is ``"line"`` (the first line) or ``"choices"`` (the first line and the ``B.``/``C.``/``D.`` lines
+    right after it, for models that put one choice per line).
+    """
+    lines = reply[len(prefix):].strip().split("\n")
+    kept = [lines[0].strip()]
+    if keep == "choices":
+        for line in lines[1:]:
+            if not _CHOICE_LINE.match(line):
+                break
+            kept.append(line.strip())
+    text = "\n".join(k for k in kept if k)
+    done = f"{prefix} {text}" if text else prefix
     return done if follow is None else done + follow
 
 
@@ -265,15 +276,17 @@ def _check(draft: Draft, seen: set[str], limits: FilterLimits, n_questions: int)
         or any(_PLACEHOLDER.search(t) for t in texts)
     ):
         return "malformed", None
-    normed = [_norm(c) for c in choices]
+    normed = [normalize(c) for c in choices]
     example_question, example_choices, _ = TOPIC_PLAN[draft.number - 1].example
-    if _norm(draft.question) == _norm(example_question) and normed == [
-        _norm(c) for c in _split_choices(example_choices).values()
+    if normalize(draft.question) == normalize(example_question) and normed == [
+        normalize(c) for c in _split_choices(example_choices).values()
     ]:
         return "copied_example", None
+    if len(set(normed)) < len(normed) or any(n in ("na", "none", "") for n in normed):
+        return "duplicate_choices", None
     letter = draft.letter
     if draft.answer is not None:
-        answer = f" {_norm(draft.answer)} "
+        answer = f" {normalize(draft.answer)} "
         exact = [c for c, n in zip(CHOICE_LETTERS, normed) if f" {n} " == answer]
         # "B. Axial plane" names choice "Axial": a choice written inside the answer (or the reverse) counts too.
         named = exact or [c for c, n in zip(CHOICE_LETTERS, normed) if n and (f" {n} " in answer or answer in f" {n} ")]
@@ -285,11 +298,9 @@ def _check(draft: Draft, seen: set[str], limits: FilterLimits, n_questions: int)
             return "answer_not_in_choices", None
         elif letter not in named:
             return "inconsistent_letter", None
-    if len(set(normed)) < len(normed) or any(n in ("na", "none", "") for n in normed):
-        return "duplicate_choices", None
     if _SOURCE_WORDS.search(draft.question):
         return "mentions_source", None
-    question = f" {_norm(draft.question)} "
+    question = f" {normalize(draft.question)} "
     right = normed[CHOICE_LETTERS.index(letter)]
     others = [n for c, n in zip(CHOICE_LETTERS, normed) if c != letter]
     if f" {right} " in question and not any(f" {n} " in question for n in others):
@@ -315,11 +326,11 @@ def filter_drafts(
 
     Rules (each removal is counted under its name): ``malformed`` (no question text, fewer than four choices, no
     answer, a number outside the plan, template placeholders like ``<choice>`` copied), ``copied_example`` (the
-    worked example's question and choices repeated), ``answer_not_in_choices``,
-    ``inconsistent_letter`` (the letter names another choice than the answer text), ``duplicate_choices`` (two equal
-    choices or an empty/"NA" one), ``mentions_source`` (refers to the report or a file), ``answer_in_question``
-    (the right choice, and no other, is written in the question, so the text alone answers it), ``length`` (see
-    :class:`FilterLimits`), ``duplicate`` (the same question twice for one image).
+    worked example's question and choices repeated), ``duplicate_choices`` (two equal choices or an empty/"NA"
+    one), ``answer_not_in_choices``, ``inconsistent_letter`` (the letter names another choice than the answer text),
+    ``mentions_source`` (refers to the report or a file), ``answer_in_question`` (the right choice, and no other, is
+    written in the question, so the text alone answers it), ``length`` (see :class:`FilterLimits`), ``duplicate``
+    (the same question twice for one image).
 
     Args:
         drafts: from :func:`parse_reply`, numbered 1… in :data:`TOPIC_PLAN` order.
