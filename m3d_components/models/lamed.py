@@ -130,7 +130,8 @@ class LaMed(nn.Module):
         """Causal-LM forward on the spliced embeddings; ``labels`` (−100 = ignored) give the mean token loss.
 
         Returns:
-            ``{"loss": …, "logits": …}`` (loss only when labels are given).
+            ``{"loss": …, "logits": …}`` (loss only when labels are given), plus ``"hidden_states"`` (the last
+            layer's, (B, L, H)) when ``output_hidden_states=True`` is passed.
         """
         out = self.llm(
             inputs_embeds=self.embed(input_ids, image), attention_mask=attention_mask, labels=labels, **llm_kwargs
@@ -138,6 +139,8 @@ class LaMed(nn.Module):
         result = {"logits": out.logits}
         if labels is not None:
             result["loss"] = out.loss
+        if out.hidden_states is not None:
+            result["hidden_states"] = out.hidden_states[-1]
         return result
 
     @torch.no_grad()

@@ -1,0 +1,63 @@
+"""LaMed + [SEG] segmentation: the combined loss, which samples get mask losses, and where gradients go."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from m3d_components.data.tokens import IMAGE_TOKEN, SEG_TOKEN
+from m3d_components.models.lamed_seg import LaMedSeg
+from m3d_components.models.segmentation import PromptableSegmenter, SegmenterConfig
+from m3d_components.models.vision import ViTConfig
+from tests.conftest import N_IMAGE_TOKENS, VIT, tiny_lamed
+
+SEG_VIT = ViTConfig(img_size=VIT.img_size, patch_size=(4, 16, 16), hidden_size=32, mlp_dim=64, num_layers=1,
+                    num_heads=2, cls_token=False)
+
+
+@pytest.fixture
+def model(llama_dir):
+    lamed, tokenizer = tiny_lamed(llama_dir)
+    torch.manual_seed(0)
+    segmenter = PromptableSegmenter(SegmenterConfig(vit=SEG_VIT, num_heads=2, mlp_dim=64))
+    return LaMedSeg(lamed, segmenter, tokenizer.convert_tokens_to_ids(SEG_TOKEN)).train(), tokenizer
+
+
+def _batch(tokenizer, answers: list[str]):
+    texts = [IMAGE_TOKEN * N_IMAGE_TOKENS + " Segment the liver. " + a for a in answers]
+    ids = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
+    image = torch.rand(len(answers), 1, *VIT.img_size)
+    seg = torch.zeros(len(answers), 1, *VIT.img_size)
+    seg[:, :, 4:10, 16:40, 20:44] = 1
+    return image, ids["input_ids"], ids["attention_mask"], labels, seg
+
+
+def test_mask_losses_only_for_samples_with_seg_and_a_mask(model):
+    model, tokenizer = model
+    image, ids, mask, labels, seg = _batch(tokenizer, [f"It is here: {SEG_TOKEN}.", "There is no liver here.",
+                                                       f"Here: {SEG_TOKEN}."])
+    seg[2] = 0  # [SEG] but an empty target: no mask loss for it
+    torch.manual_seed(1)
+    out = model(image, ids, mask, labels, seg=seg)
+    assert out["seg_index"].tolist() == [0]
+    assert out["mask_logits"].shape == (1, 1, *VIT.img_size)
+    expected = DiceLoss(sigmoid=True, smooth_nr=0, smooth_dr=1)(out["mask_logits"], seg[:1]) + torch.nn.functional.\
+        binary_cross_entropy_with_logits(out["mask_logits"], seg[:1])
+    assert torch.allclose(out["seg_loss"], expected)
+    assert torch.allclose(out["loss"], out["lm_loss"] + out["seg_loss"])
+    out["loss"].backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    for part in ("seg_projector.", "segmenter.mask_decoder.", "segmenter.image_encoder.", "lamed.llm."):
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(part)), part
+
+
+def test_negatives_and_no_targets_train_the_language_loss_alone(model):
+    model, tokenizer = model
+    image, ids, mask, labels, seg = _batch(tokenizer, ["There is no liver here.", "No liver is visible."])
+    out = model(image, ids, mask, labels, seg=seg)
+    assert "seg_loss" not in out and torch.equal(out["loss"], out["lm_loss"])
+    assert set(model(image, ids, mask, labels)) == {"logits", "loss", "lm_loss"}
+    with pytest.raises(ValueError, match="does not match the images"):
+        model(image, ids, mask, labels, seg=seg[:, :, :8])
