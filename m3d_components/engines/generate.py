@@ -114,8 +114,8 @@ def _chat(llm: ChatLM | str | os.PathLike, batch_size: int, max_new_tokens: int)
 def _guided_replies(chat: ChatLM, prompts: list, max_new_tokens: int, batch_size: int) -> list[str]:
     """Question line, choices line, answer line: each step continues every prompt's reply so far (GUIDED_LAYOUT)."""
     prefixes = [REPLY_PREFIX] * len(prompts)
-    for keep, follow in GUIDED_LAYOUT:
-        replies = chat.complete(prompts, max_new_tokens, batch_size, prefix=prefixes)
+    for keep, follow, stop in GUIDED_LAYOUT:
+        replies = chat.complete(prompts, max_new_tokens, batch_size, prefix=prefixes, stop=stop)
         prefixes = [continue_layout(r, p, keep, follow) for r, p in zip(replies, prefixes)]
     return prefixes
 

@@ -97,6 +97,7 @@ class ChatLM:
         max_new_tokens: int | None = None,
         batch_size: int | None = None,
         prefix: str | Sequence[str] = "",
+        stop: Sequence[str] = (),
     ) -> list[str]:
         """The reply to every prompt, in input order.
 
@@ -106,6 +107,8 @@ class ChatLM:
             batch_size: prompts per ``generate`` call (default: the instance's).
             prefix: the start of every reply (one string, or one per prompt), written into the prompt to prime a
                 layout; returned replies include it.
+            stop: strings that end a reply early (each sequence stops on its own; the string is kept), so a batch
+                does not run to ``max_new_tokens`` when only a line is wanted.
 
         Raises:
             ValueError: a prompt that leaves no room for a reply in the model's context; the message names it.
@@ -131,11 +134,13 @@ class ChatLM:
         for start in range(0, len(order), step):
             chunk = order[start:start + step]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
+            stopping = {"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}
             out = self.model.generate(
                 **batch,
                 max_new_tokens=max_new,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **stopping,
             )
             new = out[:, batch["input_ids"].shape[1]:]
             for i, row in zip(chunk, new):

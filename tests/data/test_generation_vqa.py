@@ -44,7 +44,7 @@ def test_prompts_follow_the_published_topic_order_with_a_worked_example():
 def _guided(*outputs: str) -> str:
     """Run the guided layout on scripted step outputs (what the LLM writes after each primed prefix)."""
     reply = REPLY_PREFIX
-    for (keep, follow), output in zip(GUIDED_LAYOUT, outputs):
+    for (keep, follow, _), output in zip(GUIDED_LAYOUT, outputs):
         reply = continue_layout(reply + output, reply, keep, follow)
     return reply
 

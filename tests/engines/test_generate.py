@@ -50,7 +50,7 @@ class ScriptedLM:
     def too_long(self, prompts, max_new_tokens=None):
         return []
 
-    def complete(self, prompts, max_new_tokens=None, batch_size=None, prefix=""):
+    def complete(self, prompts, max_new_tokens=None, batch_size=None, prefix="", stop=()):
         prefixes = [prefix] * len(prompts) if isinstance(prefix, str) else list(prefix)
         replies = []
         for messages, start in zip(prompts, prefixes):

@@ -35,6 +35,16 @@ def test_batched_replies_equal_one_by_one_in_input_order(chat):
     assert len(set(batched)) > 1  # different prompts, different (random-model) replies: the order is meaningful
 
 
+def test_stop_strings_end_each_reply_on_its_own(chat):
+    free = chat.complete(PROMPTS, max_new_tokens=12)
+    word = free[1].split()[1]  # something the model writes for prompt 1
+    stopped = chat.complete(PROMPTS, max_new_tokens=12, stop=[word])
+    assert stopped[1].endswith(word) and len(stopped[1]) <= len(free[1])
+    assert free[1].startswith(stopped[1])
+    for f, s in zip(free, stopped):  # the other replies are cut at the same word or left whole
+        assert f.startswith(s) and (s == f or s.endswith(word))
+
+
 def test_prefixes_prime_each_reply(chat):
     replies = chat.complete(PROMPTS[:2], prefix=["Question:", "Yes or No:"])
     assert replies[0].startswith("Question:") and replies[1].startswith("Yes or No:")
@@ -61,7 +71,8 @@ def test_a_template_without_a_system_turn_gets_the_system_text_in_the_first_user
         "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     )
     try:
-        assert chat.render(PROMPTS[0]) == "<user>You write radiology questions.\n\nAxial CT of the upper abdomen.<assistant>"
+        rendered = chat.render(PROMPTS[0])
+        assert rendered == "<user>You write radiology questions.\n\nAxial CT of the upper abdomen.<assistant>"
     finally:
         chat.tokenizer.chat_template = None
 

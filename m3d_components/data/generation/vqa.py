@@ -81,9 +81,13 @@ TOPIC_PLAN = (
            "D. Heart and aorta")),
 )
 REPLY_PREFIX = "Question:"
-# The steps of a guided reply: what is kept of each step's output (see continue_layout) and what is appended after
-# it to prime the next step (None: the reply is complete).
-GUIDED_LAYOUT = (("line", "\nChoice: A."), ("choices", "\nAnswer:"), ("line", None))
+# The steps of a guided reply: what is kept of each step's output (see continue_layout), what is appended after it
+# to prime the next step (None: the reply is complete), and where generation may stop (the kept part is complete).
+GUIDED_LAYOUT = (
+    ("line", "\nChoice: A.", ("?\n", "\n\n")),
+    ("choices", "\nAnswer:", ("\nAnswer", "\n\n")),
+    ("line", None, ("\n",)),
+)
 # Every reason an item can be removed for, in the order the rules run; summaries list them all, zeros included.
 FILTERS = (
     "malformed",
