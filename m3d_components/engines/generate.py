@@ -311,6 +311,14 @@ def _reworded_terms(
     return {**terms, **enhanced}, {"definitions": len(pairs), "asked": len(pairs) * n, "kept": added}
 
 
+def _volume_shape(path: str) -> tuple[int, ...]:
+    """The shape of a canonical ``.npy`` volume, read from its header only."""
+    try:
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    except Exception as err:
+        raise DataError(path, f"cannot read as .npy ({type(err).__name__}: {err})") from err
+
+
 def _split_present(path: str, split: str) -> bool:
     spec = read_json_object(path, "M3D-Seg dataset JSON")
     return any(key in spec for key in SPLIT_ALIASES.get(split, (split,)))
@@ -377,7 +385,7 @@ def generate_seg_instructions(
             for record in tqdm(records, desc=f"seg-instructions {split}", unit="mask", mininterval=2.0):
                 image = str(record["image"])
                 if image not in shapes:
-                    shapes[image] = tuple(np.load(image, mmap_mode="r").shape)
+                    shapes[image] = _volume_shape(image)
                 box = mask_box(load_class_mask(record["label"], shapes[image]))
                 rng = random.Random(f"{seed}/{record['dataset']}/{split}/{record['row']}")
                 made = instructions_for(record["class_name"], box, dictionary.get(record["class_name"], []), rng)

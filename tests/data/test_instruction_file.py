@@ -123,3 +123,9 @@ def test_lamed_datasets_read_the_generated_files(generated):
     assert {k: len(v) for k, v in datasets.items()} == {"rec": 4, "reg": 4}
     sample = datasets["reg"][0]
     assert sample["task"] == "reg" and sample["seg"].shape == (1, 8, 16, 16)
+
+
+def test_an_unreadable_volume_is_named(seg_dataset, tmp_path):
+    (seg_dataset.parent / "case1/image.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(DataError, match=r"image.npy: cannot read as .npy"):
+        generate_seg_instructions(seg_dataset.parents[1], tmp_path / "out", splits=("train",))
