@@ -18,12 +18,14 @@ import torch
 
 from m3d_components.data.cap import CapDataset, read_cap_split
 from m3d_components.data.instruction_file import InstructionFileDataset, instruction_file, read_instruction_file
+from m3d_components.data.refseg import RefSegDataset, read_refseg_csv
 from m3d_components.data.seg import SegTaskDataset, read_seg_split, read_term_dictionary
 from m3d_components.data.vqa import VQADataset, read_vqa_csv
 
-__all__ = ["INSTRUCTION_TASKS", "find_seg_jsons", "instruction_datasets"]
+__all__ = ["INSTRUCTION_TASKS", "MASK_TASKS", "find_seg_jsons", "instruction_datasets"]
 
-INSTRUCTION_TASKS = ("caption", "vqa_closed", "vqa_open", "rec", "reg")
+INSTRUCTION_TASKS = ("caption", "vqa_closed", "vqa_open", "rec", "reg", "ss", "res", "refseg")
+MASK_TASKS = ("rec", "reg", "ss", "res")  # built from M3D-Seg masks (or instruction files)
 # Text fields a laterality-swapping flip must rewrite together with the image.
 TEXT_KEYS = (
     "text", "vqa_question", "choice_A", "choice_B", "choice_C", "choice_D", "answer_text", "class_name", "question",
@@ -50,6 +52,7 @@ def instruction_datasets(
     seg_jsons: Sequence[str | os.PathLike] = (),
     term_dictionary: str | os.PathLike | None = None,
     seg_instructions_dir: str | os.PathLike | None = None,
+    refseg_csv: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
     transform: Callable | None = None,
     seg_transform: Callable | None = None,
@@ -57,18 +60,23 @@ def instruction_datasets(
     image_shape: Sequence[int] | None = None,
     max_report_words: int | None = None,
 ) -> dict[str, torch.utils.data.Dataset]:
-    """``{task: dataset}`` for ``tasks`` ⊆ caption, vqa_closed, vqa_open, rec, reg on ``split``.
+    """``{task: dataset}`` for ``tasks`` ⊆ :data:`INSTRUCTION_TASKS` on ``split``.
+
+    The mask tasks — rec, reg (boxes), ss (class name → ``[SEG]``), res (definition → ``[SEG]``) — come from M3D-Seg
+    masks; refseg (M3D-RefSeg referring expressions → ``[SEG]``) from its CSV. Samples of ss, res and refseg carry
+    their target mask as ``seg``.
 
     Args:
         cap_json: M3D-Cap split JSON (caption task); ``split`` is one of its keys.
         vqa_csv: the M3D-VQA CSV of this split (VQA tasks).
-        seg_jsons: M3D-Seg per-dataset JSON files (REC/REG); ``split`` is read with the train/test aliases.
-        term_dictionary: class → definitions, for the definition variants of REC/REG.
-        seg_instructions_dir: a folder of ``seg_instructions_<split>.jsonl``; when given, REC/REG come from it
-            (paths relative to the file) and ``seg_jsons``/``term_dictionary`` are not needed.
+        seg_jsons: M3D-Seg per-dataset JSON files (mask tasks); ``split`` is read with the train/test aliases.
+        term_dictionary: class → definitions, for the definition variants of REC/REG and for RES.
+        seg_instructions_dir: a folder of ``seg_instructions_<split>.jsonl``; when given, the mask tasks come from
+            it (paths relative to the file) and ``seg_jsons``/``term_dictionary`` are not needed.
+        refseg_csv: the M3D-RefSeg CSV of this split (refseg task).
         data_root: the folder image paths start from (default: each index file's folder).
         transform: the transform of image-only samples (caption, VQA).
-        seg_transform: the transform of REC/REG samples, moving the ``seg`` mask with the image (default:
+        seg_transform: the transform of samples with a mask, moving the ``seg`` mask with the image (default:
             ``transform``).
         seed, image_shape: passed to every dataset (see ``RecordDataset``).
         max_report_words: shorten reports (caption targets) to whole sentences within this many words.
@@ -96,16 +104,23 @@ def instruction_datasets(
         records = read_vqa_csv(need(vqa_csv, "vqa_csv", vqa_tasks[0]), data_root)
         for task in vqa_tasks:
             out[task] = VQADataset(records, closed=task == "vqa_closed", **common)
-    seg_tasks = [t for t in ("rec", "reg") if t in tasks]
+    seg_tasks = [t for t in MASK_TASKS if t in tasks]
     if seg_tasks and seg_instructions_dir is not None:
         records = read_instruction_file(instruction_file(seg_instructions_dir, split), tasks=seg_tasks)
         for task in seg_tasks:
             out[task] = InstructionFileDataset([r for r in records if r["task"] == task], task, **seg_common)
     elif seg_tasks:
-        terms = read_term_dictionary(need(term_dictionary, "term_dictionary", seg_tasks[0]))
-        records = [r for path in need(seg_jsons, "seg_jsons", seg_tasks[0]) for r in read_seg_split(path, split, data_root)]
+        paths = need(seg_jsons, "seg_jsons", seg_tasks[0])
+        records = [r for path in paths for r in read_seg_split(path, split, data_root)]
+        terms = None
+        if {"rec", "reg", "res"} & set(seg_tasks):
+            terms = read_term_dictionary(need(term_dictionary, "term_dictionary", seg_tasks[0]))
         for task in seg_tasks:
-            out[task] = torch.utils.data.ConcatDataset([
-                SegTaskDataset(records, task, terms, describe=describe, **seg_common) for describe in (False, True)
-            ])
+            # REC/REG in both variants (class name, definition); SS by class name; RES by definition
+            variants = (False, True) if task in ("rec", "reg") else (task == "res",)
+            parts = [SegTaskDataset(records, task, terms, describe=d, **seg_common) for d in variants]
+            out[task] = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    if "refseg" in tasks:
+        records = read_refseg_csv(need(refseg_csv, "refseg_csv", "refseg"), data_root)
+        out["refseg"] = RefSegDataset(records, **seg_common)
     return out

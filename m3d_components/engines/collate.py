@@ -60,6 +60,8 @@ class InstructionCollator:
         max_length: the context budget; a longer target is cut (no EOS then, as published), a longer prompt is an error.
         keep: sample fields passed through as lists.
         zero_images: replace images by zeros (the image-free control).
+        masks: also stack the target masks as ``seg`` (B, 1, D, H, W) float, zeros for samples without one (for
+            ``[SEG]`` training: only samples with ``[SEG]`` in the answer and a non-empty mask get mask losses).
 
     Raises:
         ValueError: a prompt that does not fit ``max_length``, naming the sample's image and task.
@@ -68,6 +70,7 @@ class InstructionCollator:
     def __init__(
         self, tokenizer, num_image_tokens: int, max_length: int = 512,
         keep: Sequence[str] = ("question", "answer", "task", "image_path"), zero_images: bool = False,
+        masks: bool = False,
     ) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the LLM tokenizer needs eos and pad tokens (see add_lamed_tokens)")
@@ -76,6 +79,7 @@ class InstructionCollator:
         self.max_length = max_length
         self.keep = tuple(keep)
         self.zero_images = zero_images
+        self.masks = masks
 
     def prompts(self, samples: list[dict[str, Any]]) -> list[str]:
         return [
@@ -103,6 +107,11 @@ class InstructionCollator:
         batch["input_ids"], batch["attention_mask"] = _pad(sequences, tok.pad_token_id, left=False)
         batch["labels"], _ = _pad(targets, -100, left=False)
         batch["prompt_ids"], batch["prompt_mask"] = _pad(prompt_ids, tok.pad_token_id, left=True)
+        if self.masks:
+            batch["seg"] = torch.stack([
+                torch.as_tensor(s["seg"], dtype=torch.float32) if "seg" in s else torch.zeros_like(images[i][:1])
+                for i, s in enumerate(samples)
+            ])
         batch.update({k: [s.get(k) for s in samples] for k in self.keep})
         return batch
 

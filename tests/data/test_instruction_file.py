@@ -129,3 +129,22 @@ def test_an_unreadable_volume_is_named(seg_dataset, tmp_path):
     (seg_dataset.parent / "case1/image.npy").write_bytes(b"not a numpy file")
     with pytest.raises(DataError, match=r"image.npy: cannot read as .npy"):
         generate_seg_instructions(seg_dataset.parents[1], tmp_path / "out", splits=("train",))
+
+
+def test_lamed_datasets_build_ss_res_on_the_fly_and_refseg_from_its_csv(seg_dataset, refseg_csv):
+    root = seg_dataset.parents[1]
+    datasets = instruction_datasets(["ss", "res", "refseg"], "train", seg_jsons=[seg_dataset],
+                                    term_dictionary=root / "term_dictionary.json", refseg_csv=refseg_csv,
+                                    data_root=root, seed=0)
+    assert {k: len(v) for k, v in datasets.items()} == {"ss": 2, "res": 2, "refseg": 2}
+    ss, res, refseg = datasets["ss"][0], datasets["res"][0], datasets["refseg"][1]
+    assert "[SEG]" in ss["answer"] and "left kidney" in ss["question"] and ss["seg"].sum() == 3 * 6 * 8
+    assert "bean-shaped organ" in res["question"] and "[SEG]" in res["answer"]
+    assert "[SEG]" not in datasets["ss"][1]["answer"] and not datasets["ss"][1]["seg"].any()  # the negative
+    assert refseg["task"] == "refseg" and refseg["seg"].sum() == 3 * 4 * 6
+    with pytest.raises(ValueError, match="task 'refseg' needs refseg_csv"):
+        instruction_datasets(["refseg"], "train")
+    boxes = instruction_datasets(["rec", "reg"], "train", seg_jsons=[seg_dataset],
+                                 term_dictionary=root / "term_dictionary.json", data_root=root, seed=0)
+    assert {k: len(v) for k, v in boxes.items()} == {"rec": 4, "reg": 4}  # 2 masks × (class name, definition)
+    assert "bean-shaped organ" in boxes["rec"][2]["question"] and "<bx_start>" in boxes["rec"][0]["answer"]

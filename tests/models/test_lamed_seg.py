@@ -61,3 +61,23 @@ def test_negatives_and_no_targets_train_the_language_loss_alone(model):
     assert set(model(image, ids, mask, labels)) == {"logits", "loss", "lm_loss"}
     with pytest.raises(ValueError, match="does not match the images"):
         model(image, ids, mask, labels, seg=seg[:, :, :8])
+
+
+def test_collated_batches_carry_masks_for_seg_training(model):
+    from m3d_components.engines.collate import InstructionCollator
+
+    model, tokenizer = model
+    mask = torch.zeros(1, *VIT.img_size, dtype=torch.bool)
+    mask[:, 2:8, 10:30, 10:30] = True
+    samples = [
+        {"image": torch.rand(1, *VIT.img_size), "question": "Segment the liver.", "answer": f"Here: {SEG_TOKEN}.",
+         "task": "ss", "seg": mask},
+        {"image": torch.rand(1, *VIT.img_size), "question": "Which plane?", "answer": "A. Axial",
+         "task": "vqa_closed"},
+    ]
+    batch = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128, masks=True)(samples)
+    assert batch["seg"].shape == (2, 1, *VIT.img_size) and batch["seg"][1].sum() == 0
+    assert batch["seg"][0].sum() == mask.sum()
+    out = model(batch["image"], batch["input_ids"], batch["attention_mask"], batch["labels"], seg=batch["seg"])
+    assert out["seg_index"].tolist() == [0] and torch.isfinite(out["loss"])
+    assert "seg" not in InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(samples)
