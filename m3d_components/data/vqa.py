@@ -20,14 +20,15 @@ from m3d_components.data.dataset import RecordDataset, Sample
 from m3d_components.data.errors import DataError
 from m3d_components.data.records import ErrorHandler, error_handler, resolve_path
 
-__all__ = ["CHOICE_LETTERS", "QUESTION_TYPES", "VQA_COLUMNS", "VQADataset", "read_vqa_csv"]
+__all__ = ["CHOICE_LETTERS", "QUESTION_TYPES", "VQA_COLUMNS", "VQADataset", "read_vqa_csv", "read_vqa_table"]
 
 CHOICE_LETTERS = ("A", "B", "C", "D")
 QUESTION_TYPES = {1: "plane", 2: "phase", 3: "organ", 4: "abnormality", 5: "position"}
 VQA_COLUMNS = ("Image Path", "Question Type", "Question", *(f"Choice {c}" for c in CHOICE_LETTERS), "Answer", "Answer Choice")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_vqa_table(path: Path) -> pd.DataFrame:
+    """The CSV as strings (empty cells stay ""), checked to hold the published columns; errors name the file."""
     if not path.is_file():
         raise DataError(str(path), "M3D-VQA CSV not found")
     try:
@@ -89,7 +90,7 @@ def read_vqa_csv(
         on_error: receives each bad row's :class:`DataError` (overrides ``skip_invalid``).
     """
     path = Path(path)
-    table = _read_table(path)
+    table = read_vqa_table(path)
     root = Path(data_root) if data_root is not None else path.parent
     handle, log = error_handler(str(path), skip_invalid, on_error)
     seen: dict[str, Path] = {}

@@ -41,7 +41,7 @@ from m3d_components.data.instruction_file import instruction_file
 from m3d_components.data.masks import load_class_mask
 from m3d_components.data.report import shorten_report
 from m3d_components.data.seg import SPLIT_ALIASES, read_json_object, read_seg_split
-from m3d_components.data.vqa import CHOICE_LETTERS, QUESTION_TYPES, read_vqa_csv
+from m3d_components.data.vqa import CHOICE_LETTERS, QUESTION_TYPES, read_vqa_csv, read_vqa_table
 from m3d_components.models.chat import ChatLM
 
 __all__ = ["VQA_CSV_COLUMNS", "check_vqa", "generate_seg_instructions", "generate_vqa", "progress_path"]
@@ -87,13 +87,6 @@ def _replace(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(str(path), f"cannot parse as CSV ({type(err).__name__}: {err})") from err
 
 
 def _append(path: Path, entries: Iterable[dict]) -> None:
@@ -161,7 +154,7 @@ def generate_vqa(
     question_prompts("check", n_questions)  # a bad count fails before anything is loaded
     done = {e["image"] for e in _start_progress(out)}
     if out.exists():  # rows of a report without a progress line (a crash between the two writes) go
-        table = _read_table(out)
+        table = read_vqa_table(out)
         _replace(out, table[table["Image Path"].isin(done)].to_csv(index=False))
     todo = [r for r in records if key[id(r)] not in done]
     logger.info("%d reports in %s[%r]; %d done earlier, %d to go", len(records), reports, split, len(done), len(todo))
@@ -208,7 +201,7 @@ def _vqa_summary(out: Path, n_reports: int, resumed: int) -> dict:
     removed = Counter({name: 0 for name in FILTERS})
     for e in entries:
         removed.update(e["removed"])
-    table = _read_table(out)
+    table = read_vqa_table(out)
     summary = {
         "out": str(out),
         "reports": n_reports,
@@ -282,7 +275,7 @@ def check_vqa(
         verdicts.update({e["row"]: e for e in entries})
         bar.update(len(chunk))
     bar.close()
-    table = _read_table(vqa).iloc[[r["row"] for r in records]]
+    table = read_vqa_table(vqa).iloc[[r["row"] for r in records]]
     table["Check"] = [verdicts[r["row"]]["verdict"] for r in records]
     table["Check Reason"] = [verdicts[r["row"]]["reason"] for r in records]
     _replace(out, table.to_csv(index=False))

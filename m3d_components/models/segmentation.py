@@ -66,7 +66,7 @@ class SegmenterConfig:
             raise ValueError(
                 "the segmentation image encoder has no CLS token: build its ViTConfig with cls_token=False"
             )
-        if self.vit.hidden_size % 8 or (self.vit.hidden_size // 2) % 2:
+        if self.vit.hidden_size % 8:
             raise ValueError(f"hidden_size must be a multiple of 8, got {self.vit.hidden_size}")
 
     @classmethod
