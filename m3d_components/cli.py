@@ -150,7 +150,7 @@ class M3DCommand:
         self.generate = GenerateCommand()
 
     def demo(self, out: str = "demo_run"):
-        """Run the demo end to end on CPU: demo corpus → M3D-CLIP → LaMed stage 1 → stage 2, evaluated, then a table.
+        """Run the demo end to end on CPU: corpus → M3D-CLIP → LaMed stages 1–2 → lamed_seg → M3D-Bench, then a table.
 
         Args:
             out: folder for checkpoints, metrics and the MLflow store (``<out>/<bundle>/eval/mlruns.db``).
@@ -161,18 +161,21 @@ class M3DCommand:
         print(demo_table(results))
         print(f"MLflow store: sqlite:///{Path(out).resolve()}/<bundle>/eval/mlruns.db — open with `mlflow ui "
               f"--backend-store-uri <that URI>`")
+        print(f"M3D-Bench report (value and 95 % interval per checkpoint): "
+              f"{Path(out).resolve() / 'm3d_bench' / 'eval' / 'comparison.md'}")
 
     def infer(self, image: str, question: str = "Please write a radiology report for this scan.",
               bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
               out: str | None = None, **overrides):
-        """Ask a trained LaMed about one scan (NIfTI, DICOM folder or canonical .npy): answer, boxes, box PNGs.
+        """Ask a trained LaMed about one scan (NIfTI, DICOM folder or canonical .npy): answer, boxes, box PNGs, and
+        with ``--bundle lamed_seg`` the mask of a ``[SEG]`` answer (``mask.nii.gz`` on the scan's grid, overlay PNG).
 
         Runs ``configs/inference.json`` of the bundle (over ``train.json``, and ``demo.json`` with ``--demo``).
 
         Args:
             image: the scan.
-            question: e.g. "Where is the liver in this image? Please give its box."
-            bundle: the bundle to run (``lamed_instruct``).
+            question: e.g. "Where is the liver in this image? Please give its box." or "Segment the liver."
+            bundle: the bundle to run (``lamed_instruct``, or ``lamed_seg`` for masks).
             demo: use the demo configuration (tiny models trained by ``m3d demo``).
             weights: trained weights (default: the bundle's stage-2 ``trained.safetensors``).
             out: folder for ``answer.json`` and PNGs (default: ``<output_dir>/inference``).
@@ -188,6 +191,28 @@ class M3DCommand:
         configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
         result = run_bundle(bundle, configs, **settings)[0]
         print(json.dumps(result, indent=2))
+
+    def compare(self, store: str | None = None, out: str = "comparison", experiment: str = "m3d_bench",
+                metrics: str | None = None):
+        """Print the bench's MLflow runs side by side (value [95 % CI]); write ``<out>.md`` and a bar chart PNG.
+
+        Args:
+            store: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else the m3d_bench bundle's
+                ``eval/mlruns.db``).
+            out: output path without suffix.
+            experiment: the MLflow experiment (``m3d_bench``).
+            metrics: comma-separated metric names (default: the headline metrics present).
+        """
+        import os
+
+        from m3d_components.engines.bench import compare_runs
+        from m3d_components.engines.paths import find_bundle
+
+        if store is None:
+            store = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{find_bundle('m3d_bench')}/eval/mlruns.db"
+        names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else metrics
+        print(compare_runs(store, out, experiment, names))
+        print(f"written: {Path(out).with_suffix('.md')}, {Path(out).with_suffix('.png')}")
 
     def merge_lora(self, out: str, bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
                    **overrides):

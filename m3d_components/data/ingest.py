@@ -27,7 +27,21 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor, get_track_meta, set_track_meta
-from monai.transforms import CropForeground, LoadImage, Orientation, Resize, ScaleIntensityRange, SpatialCrop
+from monai.transforms import (
+    Compose,
+    CropForeground,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    LoadImage,
+    LoadImaged,
+    Orientation,
+    Orientationd,
+    Resize,
+    Resized,
+    ScaleIntensityRange,
+    ScaleIntensityRanged,
+    SpatialCrop,
+)
 from scipy import ndimage
 
 from m3d_components.data.errors import DataError
@@ -47,6 +61,7 @@ __all__ = [
     "mask_to_source",
     "prepare_mask",
     "prepare_volume",
+    "scan_transforms",
     "sidecar_path",
     "write_mask_nifti",
 ]
@@ -223,6 +238,27 @@ def prepare_volume(
     sidecar_path(out_npy).write_text(json.dumps(sidecar, indent=1))
     logger.info("%s → %s %s (window %s, crop %s)", src, out_npy, size, window, steps["crop"])
     return sidecar
+
+
+def scan_transforms(window: str = "abdomen", spatial_size: Sequence[int] = CANONICAL_SHAPE[1:], key: str = "image"):
+    """:func:`prepare_volume`'s steps as invertible MONAI dictionary transforms (load, orient, window, crop, resize).
+
+    For callers that work in MONAI's transform world — MONAI Label's bundle inference, or ``Invertd`` bringing a
+    prediction back to the scan — rather than with a sidecar file. CT windows only (the percentile window is
+    per-scan and has no dictionary transform here).
+    """
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {tuple(WINDOWS)} for scan_transforms, got {window!r}")
+    width, level = WINDOWS[window]
+    return Compose([
+        LoadImaged(keys=key),
+        EnsureChannelFirstd(keys=key),
+        Orientationd(keys=key, axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS),
+        ScaleIntensityRanged(keys=key, a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0,
+                             clip=True),
+        CropForegroundd(keys=key, source_key=key, allow_smaller=True),
+        Resized(keys=key, spatial_size=check_spatial_size(spatial_size), mode="trilinear", align_corners=False),
+    ])
 
 
 def _to_canonical(

@@ -59,6 +59,7 @@ def instruction_datasets(
     seed: int | None = None,
     image_shape: Sequence[int] | None = None,
     max_report_words: int | None = None,
+    answer_variants: int | None = None,
 ) -> dict[str, torch.utils.data.Dataset]:
     """``{task: dataset}`` for ``tasks`` ⊆ :data:`INSTRUCTION_TASKS` on ``split``.
 
@@ -80,6 +81,8 @@ def instruction_datasets(
             ``transform``).
         seed, image_shape: passed to every dataset (see ``RecordDataset``).
         max_report_words: shorten reports (caption targets) to whole sentences within this many words.
+        answer_variants: answer templates per outcome of the templated mask tasks (None: all); see
+            :func:`~m3d_components.data.prompts.rec_example`.
 
     Raises:
         ValueError: an unknown task, or a task whose input file is not given.
@@ -118,7 +121,8 @@ def instruction_datasets(
         for task in seg_tasks:
             # REC/REG in both variants (class name, definition); SS by class name; RES by definition
             variants = (False, True) if task in ("rec", "reg") else (task == "res",)
-            parts = [SegTaskDataset(records, task, terms, describe=d, **seg_common) for d in variants]
+            parts = [SegTaskDataset(records, task, terms, describe=d, answer_variants=answer_variants, **seg_common)
+                     for d in variants]
             out[task] = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     if "refseg" in tasks:
         records = read_refseg_csv(need(refseg_csv, "refseg_csv", "refseg"), data_root)

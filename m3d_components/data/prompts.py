@@ -405,12 +405,12 @@ SEG_CLASS = TemplateFamily(
         "Segment the {name} and show the result.",
     ),
     answers=(
+        "The {name} mask is {seg}.",
         "It is {seg}.",
         "Sure, {seg}.",
         "Here is the mask: {seg}.",
         "The segmentation is {seg}.",
         "Sure, the {name} is segmented as {seg}.",
-        "The {name} mask is {seg}.",
         "Done: {seg}.",
         "Here it is: {seg}.",
         "The {name} is shown in {seg}.",
@@ -522,10 +522,14 @@ def _values(class_name: str, definition: str | None, box: Sequence[float] | None
 
 
 def _pair(
-    rng: random.Random, questions: Sequence[str], answers: Sequence[str], values: Mapping[str, str]
+    rng: random.Random, questions: Sequence[str], answers: Sequence[str], values: Mapping[str, str],
+    answer_variants: int | None = None,
 ) -> tuple[str, str]:
-    """Draw a question then an answer (always in this order, so a seeded ``rng`` gives the same pair)."""
-    return rng.choice(questions).format(**values), rng.choice(answers).format(**values)
+    """Draw a question then an answer (always in this order, so a seeded ``rng`` gives the same pair); with
+    ``answer_variants`` only the first that many answer templates are used."""
+    if answer_variants is not None and answer_variants < 1:
+        raise ValueError(f"answer_variants must be at least 1 (or None for all), got {answer_variants}")
+    return rng.choice(questions).format(**values), rng.choice(answers[:answer_variants]).format(**values)
 
 
 def _family(class_family: TemplateFamily, description_family: TemplateFamily, definition: str | None) -> TemplateFamily:
@@ -565,7 +569,8 @@ def open_vqa_example(question: str, answer: str) -> tuple[str, str]:
 
 
 def rec_example(
-    class_name: str, box: Sequence[float] | None, rng: random.Random, definition: str | None = None
+    class_name: str, box: Sequence[float] | None, rng: random.Random, definition: str | None = None,
+    answer_variants: int | None = None,
 ) -> tuple[str, str]:
     """Referring-expression comprehension: ask where a target is, answer with its box.
 
@@ -574,14 +579,18 @@ def rec_example(
         box: normalised ``[d0, h0, w0, d1, h1, w1]``, or None when the target is absent (refusal answer).
         rng: the source of the template choice.
         definition: a description of the target; when given, the question quotes it and the answer names the class.
+        answer_variants: use only the first that many answer (and refusal) templates. Many differently worded
+            answers split the probability of "present" over many first tokens, so greedy decoding of a small model
+            can pick a refusal it finds less likely overall; one wording per outcome makes the first token decide.
     """
     family = _family(REC_CLASS, REC_DESCRIPTION, definition)
     answers = family.negatives if box is None else family.answers
-    return _pair(rng, family.questions, answers, _values(class_name, definition, box))
+    return _pair(rng, family.questions, answers, _values(class_name, definition, box), answer_variants)
 
 
 def reg_example(
-    class_name: str, box: Sequence[float] | None, rng: random.Random, definition: str | None = None
+    class_name: str, box: Sequence[float] | None, rng: random.Random, definition: str | None = None,
+    answer_variants: int | None = None,
 ) -> tuple[str, str]:
     """Referring-expression generation: give a box, answer with the class (plus ``definition`` when given).
 
@@ -591,17 +600,20 @@ def reg_example(
     family = _family(REG_CLASS, REG_DESCRIPTION, definition)
     values = _values(class_name, definition, box)
     if box is None:
-        return _pair(rng, _family(REC_CLASS, REC_DESCRIPTION, definition).questions, family.negatives, values)
-    return _pair(rng, family.questions, family.answers, values)
+        questions = _family(REC_CLASS, REC_DESCRIPTION, definition).questions
+        return _pair(rng, questions, family.negatives, values, answer_variants)
+    return _pair(rng, family.questions, family.answers, values, answer_variants)
 
 
 def seg_example(
-    class_name: str, present: bool, rng: random.Random, definition: str | None = None
+    class_name: str, present: bool, rng: random.Random, definition: str | None = None,
+    answer_variants: int | None = None,
 ) -> tuple[str, str]:
-    """Semantic (class name) or referring (``definition``) segmentation; the answer has ``[SEG]`` only if present."""
+    """Semantic (class name) or referring (``definition``) segmentation; the answer has ``[SEG]`` only if present.
+    ``answer_variants``: as for :func:`rec_example`."""
     family = _family(SEG_CLASS, SEG_DESCRIPTION, definition)
     answers = family.answers if present else family.negatives
-    return _pair(rng, family.questions, answers, _values(class_name, definition))
+    return _pair(rng, family.questions, answers, _values(class_name, definition), answer_variants)
 
 
 def refseg_example(question: str, answer: str) -> tuple[str, str]:

@@ -25,6 +25,7 @@ from m3d_components.data.masks import class_index_from_name, load_class_mask
 from m3d_components.data.records import ErrorHandler, error_handler, resolve_path
 
 __all__ = [
+    "average_masks",
     "average_box",
     "SEG_TASKS",
     "SPLIT_ALIASES",
@@ -159,6 +160,8 @@ class SegTaskDataset(RecordDataset):
         task: one of ``ss``, ``res``, ``rec``, ``reg``.
         term_dictionary: class name → definitions; required for ``res`` and for ``describe=True``.
         describe: use a definition instead of the class name in REC/REG questions (the "des" variants).
+        answer_variants: use only the first that many answer templates per outcome (see
+            :func:`~m3d_components.data.prompts.rec_example`); None uses all.
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class SegTaskDataset(RecordDataset):
         transform=None,
         seed=None,
         image_shape=None,
+        answer_variants: int | None = None,
     ) -> None:
         if task not in SEG_TASKS:
             raise ValueError(f"task must be one of {SEG_TASKS}, got {task!r}")
@@ -184,6 +188,7 @@ class SegTaskDataset(RecordDataset):
         self.task = task
         self.terms = term_dictionary or {}
         self.describe = describe or task == "res"
+        self.answer_variants = answer_variants
 
     def load(self, record: dict) -> Sample:
         sample = super().load(record)
@@ -203,12 +208,13 @@ class SegTaskDataset(RecordDataset):
         box = mask_box(seg)
         name = sample["class_name"]
         definition = self._definition(name, rng)
+        variants = {"definition": definition, "answer_variants": self.answer_variants}
         if self.task in ("ss", "res"):
-            question, answer = prompts.seg_example(name, box is not None, rng, definition=definition)
+            question, answer = prompts.seg_example(name, box is not None, rng, **variants)
         elif self.task == "rec":
-            question, answer = prompts.rec_example(name, box, rng, definition=definition)
+            question, answer = prompts.rec_example(name, box, rng, **variants)
         else:
-            question, answer = prompts.reg_example(name, box, rng, definition=definition)
+            question, answer = prompts.reg_example(name, box, rng, **variants)
         # NaN marks "no box" so boxes of positives and negatives collate into one (B, 6) tensor.
         sample["box"] = np.asarray(box if box is not None else [np.nan] * 6, dtype=np.float32)
         sample.update(question=question, answer=answer, seg=seg)
@@ -231,3 +237,24 @@ def average_box(records: Sequence[dict], image_shape: Sequence[int], limit: int 
     if not boxes:
         raise DataError("segmentation records", "no positive mask to average a box over")
     return [round(float(v), 3) for v in np.mean(boxes, axis=0)]
+
+
+def average_masks(
+    records: Sequence[dict], image_shape: Sequence[int], limit_per_class: int | None = 200
+) -> dict[str, np.ndarray]:
+    """``"<dataset>/<class>"`` → the voxel-wise mean of its positive masks, thresholded at 0.5 (bool (1, D, H, W)).
+
+    It is the segmentation reference point a model must beat: the same "typical" mask for every question about a
+    class, whatever the image (first ``limit_per_class`` positives per class; classes without one are left out).
+    """
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for record in records:
+        key = f"{record['dataset']}/{record['class_name']}"
+        if limit_per_class is not None and counts.get(key, 0) >= limit_per_class:
+            continue
+        mask = load_class_mask(record["label"], tuple(image_shape))
+        if mask.any():
+            sums[key] = sums.get(key, 0) + mask.astype(np.float32)
+            counts[key] = counts.get(key, 0) + 1
+    return {key: sums[key] / counts[key] >= 0.5 for key in sorted(sums)}

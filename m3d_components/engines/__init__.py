@@ -2,6 +2,7 @@
 
 from m3d_components.engines import (
     batch,
+    bench,
     checkpoint,
     collate,
     demo,
@@ -20,6 +21,7 @@ from m3d_components.engines import (
 
 __all__ = [
     "batch",
+    "bench",
     "checkpoint",
     "collate",
     "demo",

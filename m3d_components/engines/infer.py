@@ -1,8 +1,9 @@
-"""Ask LaMed about one scan: answer text, boxes in normalised / voxel / millimetre coordinates, a PNG of each box.
+"""Ask LaMed about one scan: answer text, boxes in normalised / voxel / millimetre coordinates, a PNG of each box,
+and — for a LaMedSeg answer holding ``[SEG]`` — the mask as a NIfTI on the scan's own grid with a PNG overlay.
 
 A NIfTI or DICOM input is first brought to the canonical grid by :func:`~m3d_components.data.ingest.prepare_volume`;
-its sidecar maps a predicted box back to the scan's own voxels and to patient millimetres. A ``.npy`` input is used
-as it is (boxes then in its own voxels; millimetres only when a sidecar lies next to it).
+its sidecar maps a predicted box or mask back to the scan's own voxels and to patient millimetres. A ``.npy`` input
+is used as it is (boxes and masks then in its own voxels; millimetres only when a sidecar lies next to it).
 """
 
 from __future__ import annotations
@@ -17,12 +18,27 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from m3d_components.data.boxes import denormalize_box, parse_boxes
-from m3d_components.data.ingest import box_to_patient_mm, box_to_source, load_sidecar, prepare_volume, sidecar_path
+from m3d_components.data.boxes import denormalize_box, mask_to_box, parse_boxes
+from m3d_components.data.ingest import (
+    box_to_patient_mm,
+    box_to_source,
+    load_sidecar,
+    prepare_volume,
+    sidecar_path,
+    write_mask_nifti,
+)
 from m3d_components.data.prompts import with_image_tokens
 from m3d_components.data.volume import load_volume
 
-__all__ = ["answer_question", "describe_boxes", "draw_box_png", "load_scan"]
+__all__ = [
+    "TextPromptedSegmenter",
+    "answer_question",
+    "describe_boxes",
+    "describe_mask",
+    "draw_box_png",
+    "draw_mask_png",
+    "load_scan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +88,55 @@ def draw_box_png(volume: np.ndarray, box_voxel: list[int], out_path: str | os.Pa
     return out_path
 
 
+def draw_mask_png(volume: np.ndarray, mask: np.ndarray, out_path: str | os.PathLike, max_slices: int = 4) -> Path:
+    """Overlay a canonical mask in red on up to ``max_slices`` axial (D) slices through it, side by side."""
+    image, fg = np.clip(np.asarray(volume[0], dtype=np.float32), 0, 1), np.asarray(mask).reshape(volume.shape[1:])
+    depths = np.flatnonzero(fg.any(axis=(1, 2)))
+    slices = sorted({int(d) for d in np.linspace(depths[0], depths[-1], max_slices).round()}) if depths.size else [
+        fg.shape[0] // 2]
+    tiles = []
+    for d in slices:
+        rgb = np.repeat(image[d][..., None], 3, axis=2)
+        rgb[fg[d]] = 0.5 * rgb[fg[d]] + 0.5 * np.array([1.0, 0.1, 0.1])
+        tile = Image.fromarray((rgb * 255).astype(np.uint8))
+        scale = max(1, 256 // max(tile.size))
+        tile = tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST)
+        ImageDraw.Draw(tile).text((4, 4), f"slice {d}", fill=(255, 255, 0))
+        tiles.append(tile)
+    sheet = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (i * tiles[0].width, 0))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_path)
+    return out_path
+
+
+def describe_mask(
+    mask: np.ndarray, volume: np.ndarray, sidecar: dict | None, out_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Write a canonical (1, D, H, W) mask for the user: ``mask.nii.gz`` on the scan's own grid and affine (or
+    ``mask.npy`` on the canonical grid when the scan's mapping is unknown) and ``mask_overlay.png``.
+
+    Returns:
+        ``{"path", "png", "voxels", "box_voxel"}`` (canonical box) plus ``"source_box_voxel"`` and
+        ``"patient_mm_ras"`` when the mapping is known; boxes are None for an empty mask.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    box = mask_to_box(mask)
+    entry: dict[str, Any] = {"voxels": int(np.count_nonzero(mask)), "box_voxel": None if box is None else list(box)}
+    if sidecar is not None:
+        entry["path"] = str(write_mask_nifti(mask, sidecar, out_dir / "mask.nii.gz"))
+        entry["source_box_voxel"] = None if box is None else box_to_source(box, sidecar)
+        entry["patient_mm_ras"] = None if box is None else box_to_patient_mm(box, sidecar, "RAS")
+    else:
+        entry["path"] = str(out_dir / "mask.npy")
+        np.save(entry["path"], np.asarray(mask, dtype=np.uint8))
+    entry["png"] = str(draw_mask_png(volume, mask, out_dir / "mask_overlay.png"))
+    return entry
+
+
 def describe_boxes(
     text: str, volume: np.ndarray, sidecar: dict | None, out_dir: str | os.PathLike
 ) -> list[dict[str, Any]]:
@@ -103,9 +168,13 @@ def answer_question(
 ) -> dict[str, Any]:
     """Answer ``question`` about the scan ``image``; write ``answer.json`` (and ``box_<i>.png``) to ``out_dir``.
 
+    When ``network`` segments (a LaMedSeg) and its answer holds ``[SEG]``, the mask is written too (see
+    :func:`describe_mask`); the same mapping takes boxes and masks back to the scan, so they agree.
+
     Returns:
         ``{"image", "question", "answer", "boxes": [{"normalized", "voxel", "source_voxel", "patient_mm_ras"}]}``
-        (the source/mm entries only when the scan's mapping is known).
+        (the source/mm entries only when the scan's mapping is known), and ``"mask"`` (None when no ``[SEG]``)
+        for a segmenting network.
     """
     if image is None:
         raise ValueError("no scan given: set image (m3d infer --image scan.nii.gz)")
@@ -121,13 +190,55 @@ def answer_question(
     limit = tokenizer.model_max_length
     if ids["input_ids"].shape[1] >= limit:
         raise ValueError(f"the question takes {ids['input_ids'].shape[1]} tokens with the image; the context is {limit}")
+    scan, prompt_ids, prompt_mask = (torch.from_numpy(volume)[None].to(device), ids["input_ids"].to(device),
+                                     ids["attention_mask"].to(device))
     tokens = network.generate(
-        torch.from_numpy(volume)[None].to(device), ids["input_ids"].to(device), ids["attention_mask"].to(device),
-        max_new_tokens=min(max_new_tokens, limit - ids["input_ids"].shape[1]), eos_token_id=tokenizer.eos_token_id,
+        scan, prompt_ids, prompt_mask, max_new_tokens=min(max_new_tokens, limit - ids["input_ids"].shape[1]),
+        eos_token_id=tokenizer.eos_token_id,
     )
     text = tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
     result = {"image": str(image), "question": question, "answer": text,
               "boxes": describe_boxes(text, volume, sidecar, out_dir)}
+    if hasattr(network, "segment"):
+        probs, asked = network.segment(scan, prompt_ids, prompt_mask, tokens, tokenizer.eos_token_id)
+        mask = (probs[0] > 0.5).cpu().numpy()
+        result["mask"] = describe_mask(mask, volume, sidecar, out_dir) if bool(asked[0]) else None
     (out_dir / "answer.json").write_text(json.dumps(result, indent=2))
     logger.info("answer: %s", text)
     return result
+
+
+class TextPromptedSegmenter(torch.nn.Module):
+    """Image in, mask logits out: a LaMedSeg answering one fixed question — the image-only network MONAI Label and
+    other "volume → mask" callers expect (``inferer(inputs, network)`` with no text argument).
+
+    The question (e.g. "Segment the liver.") is a configuration value. A volume whose answer holds no ``[SEG]`` (the
+    model says the target is absent) gets an all-background mask.
+
+    Args:
+        model: a trained :class:`~m3d_components.models.lamed_seg.LaMedSeg`.
+        tokenizer: its tokenizer.
+        question: the fixed text prompt.
+        max_new_tokens: the answer budget.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, question: str, max_new_tokens: int = 32) -> None:
+        super().__init__()
+        if not question or not question.strip():
+            raise ValueError("the segmentation question is empty")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt = with_image_tokens(question.strip(), model.num_image_tokens, caption=False)
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) canonical volumes → (B, 1, D, H, W) mask logits (sigmoid > 0.5 = foreground)."""
+        self.model.eval()
+        ids = self.tokenizer([self.prompt] * image.shape[0], return_tensors="pt").to(image.device)
+        eos = self.tokenizer.eos_token_id
+        image = torch.as_tensor(image, dtype=torch.float32)
+        tokens = self.model.generate(image, ids["input_ids"], ids["attention_mask"],
+                                     max_new_tokens=self.max_new_tokens, eos_token_id=eos)
+        probs, _ = self.model.segment(image, ids["input_ids"], ids["attention_mask"], tokens, eos)
+        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))

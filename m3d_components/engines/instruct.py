@@ -23,6 +23,7 @@ from m3d_components.data.boxes import parse_boxes
 from m3d_components.engines.batch import PrepareImageTextBatch
 from m3d_components.metrics.boxes import box_iou
 from m3d_components.metrics.choice import lenient_correct, strict_correct
+from m3d_components.metrics.masks import hard_dice, soft_dice
 from m3d_components.metrics.text import bleu1
 
 __all__ = [
@@ -33,24 +34,49 @@ __all__ = [
     "PrepareInstructionBatch",
     "TRAIN_KEYS",
     "EVAL_KEYS",
+    "SEG_TRAIN_KEYS",
+    "SEG_EVAL_KEYS",
+    "SEG_KEEP_KEYS",
+    "SEG_TARGET_KEYS",
+    "batch_row",
+    "has_box",
+    "json_value",
+    "sample_scores",
+    "score_mask_sample",
+    "score_sample",
     "instruction_metrics",
     "pred_loss",
 ]
 
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
 EVAL_KEYS = (*TRAIN_KEYS, "prompt_ids", "prompt_mask")
+SEG_TRAIN_KEYS = (*TRAIN_KEYS, "seg")
+SEG_EVAL_KEYS = (*EVAL_KEYS, "seg")
 TARGET_KEYS = ("task", "answer", "question", "question_type", "answer_letter", "choices", "box", "image_path")
+# Segmentation evaluation: the collator keeps SEG_KEEP_KEYS as lists (it stacks the masks itself, as ``seg``); the
+# target adds the masks, which are scored but never written to the prediction file.
+SEG_KEEP_KEYS = (*TARGET_KEYS, "dataset", "class_name")
+MASK_KEYS = ("seg",)
+SEG_TARGET_KEYS = (*SEG_KEEP_KEYS, *MASK_KEYS)
 
 
 class PrepareInstructionBatch(PrepareImageTextBatch):
-    """Image as input, token tensors as keyword arguments, the samples' text fields as the (dict) target."""
+    """Image as input, token tensors as keyword arguments, the samples' reference fields as the (dict) target.
 
-    def __init__(self, keys: Sequence[str] = TRAIN_KEYS, image_key: str = "image") -> None:
+    Args:
+        keys: batch keys moved to the device and passed to the network.
+        target_keys: batch fields kept as the target (on the CPU) for scores and prediction files.
+    """
+
+    def __init__(
+        self, keys: Sequence[str] = TRAIN_KEYS, image_key: str = "image", target_keys: Sequence[str] = TARGET_KEYS
+    ) -> None:
         super().__init__(keys, image_key)
+        self.target_keys = tuple(target_keys)
 
     def __call__(self, batchdata: dict[str, Any], device=None, non_blocking: bool = False, **kwargs):
         image, _, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
-        return image, {k: batchdata[k] for k in TARGET_KEYS if k in batchdata}, args, extra
+        return image, {k: batchdata[k] for k in self.target_keys if k in batchdata}, args, extra
 
 
 class GenerationInferer:
@@ -59,28 +85,38 @@ class GenerationInferer:
     Args:
         tokenizer: decodes the new tokens (special tokens dropped, ``[SEG]`` kept).
         max_new_tokens: the generation budget; a batch stops as soon as every sample has ended.
+        masks: the network is a :class:`~m3d_components.models.lamed_seg.LaMedSeg`: also return ``mask_probs``
+            (B, 1, D, H, W) and ``has_mask`` (B,) for the answers that hold ``[SEG]``, and include the mask losses
+            in the loss when the batch carries target masks (``seg``).
     """
 
-    def __init__(self, tokenizer, max_new_tokens: int = 256) -> None:
+    def __init__(self, tokenizer, max_new_tokens: int = 256, masks: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.masks = masks
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, **batch: torch.Tensor) -> dict[str, Any]:
         model = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
         out: dict[str, Any] = {}
         if "labels" in batch:
-            out["loss"] = model(inputs, batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"].detach()
+            extra = {"seg": batch["seg"]} if self.masks and "seg" in batch else {}
+            loss = model(inputs, batch["input_ids"], batch["attention_mask"], batch["labels"], **extra)["loss"]
+            out["loss"] = loss.detach()
+        eos = self.tokenizer.eos_token_id
         tokens = model.generate(
-            inputs, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
+            inputs, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens, eos_token_id=eos
         )
         out["text"] = [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        if self.masks:
+            out["mask_probs"], out["has_mask"] = model.segment(
+                inputs, batch["prompt_ids"], batch["prompt_mask"], tokens, eos
+            )
         return out
 
 
-def texts_and_targets(output: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    """(generated texts, the batch's target fields) of an evaluator output."""
-    return output["pred"]["text"], output["label"]
+def preds_and_targets(output: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the inferer's output: texts and, for LaMedSeg, masks; the batch's target fields) of an evaluator output."""
+    return output["pred"], output["label"]
 
 
 def pred_loss(output: dict[str, Any]) -> torch.Tensor:
@@ -88,12 +124,47 @@ def pred_loss(output: dict[str, Any]) -> torch.Tensor:
     return output["pred"]["loss"]
 
 
-def _has_box(box: Any) -> bool:
+def has_box(box: Any) -> bool:
+    """A box with six numbers (negatives carry NaN or None)."""
     return box is not None and not any(math.isnan(float(b)) for b in box)
 
 
+def _slug(name: str) -> str:
+    return "_".join(str(name).lower().split())
+
+
+def score_mask_sample(
+    task: str, probs: torch.Tensor | None, target: dict[str, Any], baseline: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Scores of one segmentation answer (``probs``: mask probabilities, None when the answer had no ``[SEG]``).
+
+    A present target scores the Dice of the thresholded mask (0 without a mask), overall and per dataset and class
+    (``ss/dice/<dataset>/<class>``), plus the published soft Dice for parity; an absent one (a negative) is correct
+    only when no voxel is predicted (``neg_acc``) — a hallucinated mask is wrong. ``dice_all`` puts both on one
+    scale (negatives 1 or 0). ``baseline``: the class's training-set average mask, scored as ``baseline_dice``.
+    """
+    gt = torch.as_tensor(target["seg"]).bool()
+    pred = probs > 0.5 if probs is not None else torch.zeros_like(gt)
+    if not bool(gt.any()):
+        correct = float(not bool(pred.any()))
+        return {f"{task}/neg_acc": correct, f"{task}/dice_all": correct}
+    dice = float(hard_dice(pred, gt)[0])
+    scores = {
+        f"{task}/dice": dice, f"{task}/dice_all": dice, f"{task}/mask_rate": float(probs is not None),
+        f"{task}/soft_dice": float(soft_dice(probs, gt)[0]) if probs is not None else 0.0,
+    }
+    dataset, name = target.get("dataset"), target.get("class_name")
+    if dataset:
+        scores[f"{task}/dice/{_slug(dataset)}"] = dice
+        if name:
+            scores[f"{task}/dice/{_slug(dataset)}/{_slug(name)}"] = dice
+    if baseline is not None:
+        scores[f"{task}/baseline_dice"] = float(hard_dice(torch.as_tensor(baseline), gt)[0])
+    return scores
+
+
 def score_sample(task: str, prediction: str, target: dict[str, Any]) -> dict[str, float]:
-    """Per-sample scores named ``<task>/<metric>`` (SPEC §6 names: ``cvqa``, ``ovqa``, ``rg``, ``rec``, ``reg``)."""
+    """Per-sample text scores named ``<task>/<metric>`` (SPEC §6 names: ``cvqa``, ``ovqa``, ``rg``, ``rec``, ``reg``)."""
     if task == "vqa_closed":
         letter = target["answer_letter"]
         correct = float(strict_correct(prediction, letter, target.get("choices")))
@@ -110,18 +181,33 @@ def score_sample(task: str, prediction: str, target: dict[str, Any]) -> dict[str
         return {"reg/bleu": bleu1([prediction], [target["answer"]])[0]}
     if task == "rec":
         boxes = parse_boxes(prediction)
-        if not _has_box(target["box"]):
+        if not has_box(target["box"]):
             return {"rec/neg_acc": float(not boxes)}
         iou = box_iou(boxes[0], [float(b) for b in target["box"]]) if boxes else 0.0
         return {"rec/iou": iou, "rec/acc@0.2": float(iou > 0.2), "rec/acc@0.5": float(iou > 0.5)}
     return {}
 
 
-SCORE_NAMES = (
-    "cvqa/acc", *(f"cvqa/acc_type{t}" for t in range(1, 6)), "cvqa/acc_lenient", "ovqa/bleu", "rg/bleu", "reg/bleu",
-    "rec/iou", "rec/acc@0.2", "rec/acc@0.5", "rec/neg_acc",
-)
-HEADLINE = ("cvqa/acc", "rec/acc@0.2", "rg/bleu", "ovqa/bleu", "reg/bleu")
+def sample_scores(pred: dict[str, Any], target: dict[str, Any], i: int,
+                  baseline_masks: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Every score of batch row ``i`` (its target fields already picked out in ``target``)."""
+    task = target["task"]
+    if task not in MASK_SCORE_TASKS:
+        return score_sample(task, pred["text"][i], target)
+    if "mask_probs" not in pred:
+        raise ValueError(f"task {task!r} needs masks: evaluate a LaMedSeg with GenerationInferer(masks=True)")
+    probs = pred["mask_probs"][i].cpu() if bool(pred["has_mask"][i]) else None
+    key = f"{target.get('dataset')}/{target.get('class_name')}"
+    return score_mask_sample(task, probs, target, (baseline_masks or {}).get(key))
+
+
+MASK_SCORE_TASKS = ("ss", "res", "refseg")
+HEADLINE = ("cvqa/acc", "rec/acc@0.2", "rg/bleu", "ovqa/bleu", "reg/bleu", "ss/dice", "res/dice", "refseg/dice")
+
+
+def batch_row(target: dict[str, Any], i: int) -> dict[str, Any]:
+    """Sample ``i`` of a collated target dict (lists and tensors indexed, scalars as they are)."""
+    return {k: (v[i] if isinstance(v, (list, tuple, torch.Tensor)) else v) for k, v in target.items()}
 
 
 class InstructionScores(Metric):
@@ -130,43 +216,55 @@ class InstructionScores(Metric):
     Args:
         prefix: e.g. ``"val/"`` during training, ``""`` for a test evaluation, ``"control/"`` for the image-free run.
         summary: return one number — the mean of the headline scores present (closed-VQA accuracy, REC
-            accuracy@0.2, the BLEU scores) — for use as the key metric; else the dict of every score.
+            accuracy@0.2, the BLEU scores, the Dice scores) — for use as the key metric; else the dict of every score.
         baseline_box: a fixed normalised box scored as if predicted for every REC positive (``rec/baseline_acc@0.2``,
             the "average box" reference point).
+        baseline_masks: ``"<dataset>/<class>"`` → the training-set average mask, scored as if predicted for every
+            positive segmentation sample of that class (``ss/baseline_dice``).
     """
 
     def __init__(
         self, prefix: str = "val/", summary: bool = False, baseline_box: Sequence[float] | None = None,
-        output_transform=None, device: str | torch.device = "cpu",
+        baseline_masks: dict[str, torch.Tensor] | None = None, output_transform=None,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.prefix, self.summary = prefix, summary
         self.baseline_box = None if baseline_box is None else [float(b) for b in baseline_box]
-        self.names = SCORE_NAMES + (("rec/baseline_iou", "rec/baseline_acc@0.2") if baseline_box is not None else ())
-        super().__init__(output_transform=output_transform or texts_and_targets, device=device)
+        self.baseline_masks = baseline_masks
+        super().__init__(output_transform=output_transform or preds_and_targets, device=device)
 
     def reset(self) -> None:
-        self._sums = torch.zeros(len(self.names), dtype=torch.float64)
-        self._counts = torch.zeros(len(self.names), dtype=torch.float64)
+        self._totals: dict[str, list[float]] = {}
 
     def _add(self, scores: dict[str, float]) -> None:
         for name, value in scores.items():
-            i = self.names.index(name)
-            self._sums[i] += value
-            self._counts[i] += 1
+            total = self._totals.setdefault(name, [0.0, 0])
+            total[0] += value
+            total[1] += 1
 
-    def update(self, output: tuple[list[str], dict[str, Any]]) -> None:
-        texts, target = output
-        for i, text in enumerate(texts):
-            sample = {k: (v[i] if isinstance(v, (list, tuple, torch.Tensor)) else v) for k, v in target.items()}
-            self._add(score_sample(sample["task"], text, sample))
-            if self.baseline_box is not None and sample["task"] == "rec" and _has_box(sample["box"]):
+    def update(self, output: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        pred, target = output
+        for i in range(len(pred["text"])):
+            sample = batch_row(target, i)
+            self._add(sample_scores(pred, sample, i, self.baseline_masks))
+            if self.baseline_box is not None and sample["task"] == "rec" and has_box(sample["box"]):
                 iou = box_iou(self.baseline_box, [float(b) for b in sample["box"]])
                 self._add({"rec/baseline_iou": iou, "rec/baseline_acc@0.2": float(iou > 0.2)})
 
+    def _gathered(self) -> dict[str, list[float]]:
+        if idist.get_world_size() == 1:
+            return self._totals
+        merged: dict[str, list[float]] = {}
+        for part in idist.all_gather(json.dumps(self._totals)):
+            for name, (total, count) in json.loads(part).items():
+                entry = merged.setdefault(name, [0.0, 0])
+                entry[0] += total
+                entry[1] += count
+        return merged
+
     def compute(self) -> dict[str, float] | float:
-        sums = idist.all_reduce(self._sums.clone())
-        counts = idist.all_reduce(self._counts.clone())
-        scores = {self.prefix + n: float(s / c) for n, s, c in zip(self.names, sums, counts) if c > 0}
+        totals = self._gathered()
+        scores = {self.prefix + n: total / count for n, (total, count) in sorted(totals.items()) if count > 0}
         if not scores:
             raise RuntimeError("InstructionScores saw no sample: the evaluator ran no iteration")
         if not self.summary:
@@ -176,11 +274,12 @@ class InstructionScores(Metric):
 
 
 def instruction_metrics(
-    prefix: str = "val/", baseline_box: Sequence[float] | None = None
+    prefix: str = "val/", baseline_box: Sequence[float] | None = None,
+    baseline_masks: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Metric], dict[str, Metric]]:
     """(key metric ``<prefix>score``, additional: every task score and ``<prefix>loss``) for an evaluator."""
     return {f"{prefix}score": InstructionScores(prefix, summary=True)}, {
-        f"{prefix}tasks": InstructionScores(prefix, baseline_box=baseline_box),
+        f"{prefix}tasks": InstructionScores(prefix, baseline_box=baseline_box, baseline_masks=baseline_masks),
         f"{prefix}loss": Average(output_transform=pred_loss),
     }
 
@@ -209,16 +308,19 @@ class PredictionWriter:
         self._file().write_text("")
 
     def _write(self, engine: Engine) -> None:
-        texts, target = engine.state.output["pred"]["text"], engine.state.output["label"]
+        pred, target = engine.state.output["pred"], engine.state.output["label"]
         with self._file().open("a", encoding="utf-8") as handle:
-            for i, text in enumerate(texts):
-                row = {k: _plain(v[i]) for k, v in target.items()}
+            for i, text in enumerate(pred["text"]):
+                scores = sample_scores(pred, batch_row(target, i), i)
+                row = {k: json_value(v[i]) for k, v in target.items() if k not in MASK_KEYS}
                 row["prediction"] = text
-                row["scores"] = score_sample(row["task"], text, row)
+                if "has_mask" in pred:
+                    row["has_mask"] = bool(pred["has_mask"][i])
+                row["scores"] = scores
                 handle.write(json.dumps(row) + "\n")
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """JSON-friendly value (tensors → lists, NaN boxes → None)."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()

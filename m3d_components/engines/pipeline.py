@@ -1,8 +1,10 @@
 """``m3d demo``: run the bundles' demo configurations one after another and summarise what they learned.
 
 Each stage is a bundle run exactly as a user would type it (``train.json`` + ``demo.json``, then ``evaluate.json``),
-so the demo exercises the real configs. Stages: ``clip`` (M3D-CLIP pre-training and retrieval) and ``lamed`` (LaMed
-stage 1 and stage 2 on the CLIP vision encoder, evaluated with images and with zeros in their place).
+so the demo exercises the real configs. Stages: ``clip`` (M3D-CLIP pre-training and retrieval), ``lamed`` (LaMed
+stage 1 and stage 2 on the CLIP vision encoder, evaluated with images and with zeros in their place) and ``seg``
+(lamed_seg continuing from stage 2, evaluated the same way, with the average-mask baseline) and ``bench`` (the
+m3d_bench demo on those checkpoints: every M3D-Bench task with the library metrics, next to the image-free control).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ __all__ = ["STAGES", "chance_recall", "demo_table", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("clip", "lamed")
-_BUNDLES = {"clip": "clip_pretrain", "lamed": "lamed_instruct"}
+STAGES = ("clip", "lamed", "seg", "bench")
+_BUNDLES = {"clip": "clip_pretrain", "lamed": "lamed_instruct", "seg": "lamed_seg", "bench": "m3d_bench"}
 
 
 def chance_recall(k: int, pool: int) -> float:
@@ -61,21 +63,58 @@ def _lamed(out_dir: Path) -> dict[str, float]:
     run_bundle(bundle, ["train.json", "demo.json"], stage=1, **dirs)
     run_bundle(bundle, ["train.json", "demo.json"], stage=2, **dirs)
     run_bundle(bundle, ["train.json", "evaluate.json", "demo.json"], **dirs)
-    report = out_dir / bundle / "eval" / "stage2_test"
+    return _with_control(out_dir / bundle / "eval" / "stage2_test")
+
+
+def _seg(out_dir: Path) -> dict[str, float]:
+    """lamed_seg from stage 2's weights, then its test evaluation (with the image-free control)."""
+    bundle = _BUNDLES["seg"]
+    lamed = out_dir / _BUNDLES["lamed"]
+    dirs = {"output_dir": str(out_dir / bundle / "eval"), "models_dir": str(out_dir / bundle / "models"),
+            "pretrained_vit": str(out_dir / _BUNDLES["clip"] / "models" / "vision_encoder.safetensors"),
+            "init_weights": str(lamed / "models" / "stage2" / "trained.safetensors")}
+    run_bundle(bundle, ["train.json", "demo.json"], **dirs)
+    run_bundle(bundle, ["train.json", "evaluate.json", "demo.json"], **dirs)
+    return _with_control(out_dir / bundle / "eval" / "test")
+
+
+def _bench(out_dir: Path) -> dict[str, float]:
+    """The m3d_bench demo on the demo checkpoints (CLIP for retrieval, LaMed stage 2 for the text tasks, lamed_seg
+    for the mask tasks); image-free numbers as ``control/…``."""
+    bundle = _BUNDLES["bench"]
+    models = {stage: out_dir / _BUNDLES[stage] / "models" for stage in ("clip", "lamed", "seg")}
+    run_bundle(bundle, ["evaluate.json", "demo.json"], output_dir=str(out_dir / bundle / "eval"),
+               clip_weights=str(models["clip"] / "model.safetensors"),
+               demo_vit=str(models["clip"] / "vision_encoder.safetensors"),
+               lamed_weights=str(models["lamed"] / "stage2" / "trained.safetensors"),
+               seg_weights=str(models["seg"] / "trained.safetensors"))
+    results = {}
+    for name in ("clip-demo", "lamed-demo", "lamed-demo-image_free", "seg-demo", "seg-demo-image_free"):
+        summary = json.loads((out_dir / bundle / "eval" / name / "summary.json").read_text())["metrics"]
+        prefix = "control/" if name.endswith("image_free") else ""
+        results.update({prefix + key: entry["value"] for key, entry in summary.items()})
+    return results
+
+
+def _with_control(report: Path) -> dict[str, float]:
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]
     control = json.loads((report / "metrics_image_free.json").read_text())["metrics"]
     return {**metrics, **control}
 
 
-_DEMO_STAGES = {"clip": _clip, "lamed": _lamed}
+_DEMO_STAGES = {"clip": _clip, "lamed": _lamed, "seg": _seg, "bench": _bench}
 
 
 def demo_table(results: dict[str, dict]) -> str:
-    """A Markdown table of every metric next to its reference point: chance (retrieval) or the image-free control."""
+    """A Markdown table of every metric next to its reference point: chance (retrieval) or the image-free control.
+
+    Per-class segmentation scores (``ss/dice/<dataset>/<class>``) stay in the metrics files; the table shows the
+    per-dataset ones.
+    """
     lines = ["| stage | metric | trained | chance / image-free control |", "|---|---|---|---|"]
     for stage, metrics in results.items():
         for key, value in sorted(metrics.items()):
-            if key.startswith("control/"):
+            if key.startswith("control/") or key.count("/") >= 3:
                 continue
             reference = ""
             if key.startswith("itr/") and "_r" in key and "@" in key:

@@ -40,14 +40,19 @@ def check_settings(settings: dict, schema_path: str | os.PathLike) -> dict:
     return settings
 
 
-def check_stage(stage: int, init_weights: str | os.PathLike | None) -> None:
-    """Stage 2 starts from stage 1's trained weights: say so plainly when they are not there yet.
+def check_stage(stage: int | str, init_weights: str | os.PathLike | None, producer: str | None = None) -> None:
+    """A stage that continues earlier training: say plainly which run to do first when its weights are not there.
+
+    Args:
+        stage: the stage about to run (a number, or a name such as "seg").
+        init_weights: the earlier weights, or None to start without them.
+        producer: the run that writes them (default: lamed_instruct stage 1).
 
     Raises:
         FileNotFoundError: ``init_weights`` is set but missing.
     """
     if init_weights and not Path(init_weights).is_file():
         raise FileNotFoundError(
-            f"stage {stage} starts from {init_weights}, which does not exist: run stage 1 first (--stage 1) "
-            "or set init_weights to null to start from the CLIP vision encoder alone"
+            f"stage {stage} starts from {init_weights}, which does not exist: run {producer or 'stage 1 (--stage 1)'} "
+            "first, or set init_weights to null to start from the CLIP vision encoder alone"
         )

@@ -12,14 +12,15 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["POOL_SIZES", "RECALL_KS", "recall_at_k", "retrieval_metrics"]
+__all__ = ["POOL_SIZES", "RECALL_KS", "query_hits", "recall_at_k", "retrieval_hits", "retrieval_metrics"]
 
 POOL_SIZES = (100, 500, 1000, 2000)
 RECALL_KS = (1, 5, 10)
 
 
-def recall_at_k(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
-    """Recall@k for a square (N queries, N candidates) similarity matrix whose correct answers lie on the diagonal.
+def query_hits(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[int, torch.Tensor]:
+    """Per query, whether its correct candidate is in the top k: ``{k: (N,) bool}`` for a square (N queries,
+    N candidates) similarity matrix whose correct answers lie on the diagonal.
 
     A query's rank is the number of candidates scored strictly higher than its correct one, so ties are counted in
     the query's favour; with float embeddings ties practically never happen.
@@ -28,7 +29,12 @@ def recall_at_k(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict
         raise ValueError(f"similarity must be a square (N, N) matrix, got shape {tuple(similarity.shape)}")
     correct = similarity.diagonal().unsqueeze(1)  # (N, 1)
     rank = (similarity > correct).sum(dim=1)  # (N,)
-    return {k: (rank < k).float().mean().item() for k in ks}
+    return {k: rank < k for k in ks}
+
+
+def recall_at_k(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
+    """Recall@k: the mean of :func:`query_hits`."""
+    return {k: hits.float().mean().item() for k, hits in query_hits(similarity, ks).items()}
 
 
 def retrieval_metrics(
@@ -48,6 +54,18 @@ def retrieval_metrics(
         ks: the recall cut-offs.
         prefix: key prefix (``"val/itr/"`` during training).
     """
+    hits = retrieval_hits(image_embeddings, text_embeddings, pool_sizes, ks, prefix)
+    return {name: h.float().mean().item() for name, h in hits.items()}
+
+
+def retrieval_hits(
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    pool_sizes: Sequence[int] = POOL_SIZES,
+    ks: Sequence[int] = RECALL_KS,
+    prefix: str = "itr/",
+) -> dict[str, torch.Tensor]:
+    """Per-query hits behind :func:`retrieval_metrics` (same keys), e.g. for bootstrap intervals of each recall."""
     if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
         raise ValueError(
             f"expected two (N, E) embedding matrices of one shape, got {tuple(image_embeddings.shape)} "
@@ -56,10 +74,10 @@ def retrieval_metrics(
     n = image_embeddings.shape[0]
     pools = [p for p in pool_sizes if p <= n] or [n]
     similarity = image_embeddings.float() @ text_embeddings.float().T  # (N images, N texts)
-    metrics = {}
+    hits = {}
     for pool in pools:
         sub = similarity[:pool, :pool]
         for direction, matrix in (("ir", sub), ("tr", sub.T)):
-            for k, value in recall_at_k(matrix, ks).items():
-                metrics[f"{prefix}{direction}_r{k}@{pool}"] = value
-    return metrics
+            for k, value in query_hits(matrix, ks).items():
+                hits[f"{prefix}{direction}_r{k}@{pool}"] = value
+    return hits

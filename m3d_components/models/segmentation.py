@@ -11,6 +11,7 @@ at the input size. Parameter names follow SegVol's checkpoint where the parts ar
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from monai.networks.nets import vista3d
 from torch import nn
 
-from m3d_components.models.vision import ViTConfig, VisionTransformer3D
+from m3d_components.models.vision import ViTConfig, VisionTransformer3D, read_state_dict
 
 __all__ = [
     "PromptableSegmenter",
@@ -27,6 +28,7 @@ __all__ = [
     "SegPromptProjector",
     "SegmenterConfig",
     "convert_segvol_state_dict",
+    "load_segmenter_weights",
     "seg_token_states",
 ]
 
@@ -227,3 +229,28 @@ def convert_segvol_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[st
         out[name] = value
     logger.info("SegVol checkpoint: %d tensors kept, %d unused by M3D dropped", len(out), dropped)
     return out
+
+
+def load_segmenter_weights(segmenter: PromptableSegmenter, source: str | os.PathLike | Mapping) -> None:
+    """Fill ``segmenter`` from released SegVol weights (converted here) or from its own saved state dict, strictly.
+
+    Raises:
+        ValueError: naming missing, unexpected or mis-shaped tensors (e.g. SegVol weights for another image size).
+    """
+    state = read_state_dict(source)
+    if any(k.startswith("model.") for k in state):
+        state = convert_segvol_state_dict(state)
+    own = segmenter.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and v.shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"segmentation weights from {source if not isinstance(source, Mapping) else 'state dict'} do not fit: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}"
+        )
+    segmenter.load_state_dict(state)
+    logger.info("loaded segmentation module weights (%d tensors)", len(state))

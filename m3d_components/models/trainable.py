@@ -31,7 +31,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PEFT_PREFIX = "base_model.model."
-PARTS = ("vision", "perceiver", "embeddings", "lm_head", "llm")
+PARTS = ("vision", "perceiver", "embeddings", "lm_head", "llm", "segmenter")
 STAGE_PARTS = {
     1: ("perceiver", "embeddings"),
     2: ("vision", "perceiver", "embeddings", "lm_head"),
@@ -64,13 +64,17 @@ def _part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
     if part == "lm_head":
         head = llm.get_output_embeddings()
         return [] if head is None else [head.weight]
+    if part == "segmenter":
+        if not hasattr(model, "segmenter"):
+            raise ValueError("'segmenter' is trainable only in a LaMedSeg model")
+        return [*model.segmenter.parameters(), *model.seg_projector.parameters()]
     return list(llm.parameters())
 
 
 def set_trainable(model: nn.Module, parts: tuple[str, ...] | list[str]) -> nn.Module:
     """Freeze everything, then unfreeze the named ``parts`` of a :class:`~m3d_components.models.lamed.LaMed`.
 
-    ``parts`` ⊆ {vision, perceiver, embeddings, lm_head, llm}; LoRA adapters (if any) stay trainable.
+    ``parts`` ⊆ {vision, perceiver, embeddings, lm_head, llm, segmenter (module + ``[SEG]`` projector)}; LoRA adapters (if any) stay trainable.
     """
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -145,12 +149,18 @@ def prepare_training(
 ) -> nn.Module:
     """Set a LaMed model up for one stage: load an earlier stage's trained weights, add LoRA, choose what trains.
 
-    ``init_weights`` (e.g. stage 1's ``trained.safetensors``: perceiver + embeddings) is loaded before LoRA is added
-    and must fit by name and shape — the published code silently dropped stage 1's embeddings here. Trained
+    ``init_weights`` (e.g. stage 1's ``trained.safetensors``: perceiver + embeddings) must fit by name and shape —
+    the published code silently dropped stage 1's embeddings here. It is loaded before LoRA is added, or after when
+    it holds LoRA tensors itself (stage 2's export continued by lamed_seg, whose adapters keep training). Trained
     parameters are kept in float32 even when the frozen LLM weights are bfloat16.
     """
-    if init_weights:
-        load_trained_state(model, init_weights, strict=False)
+    state = load_file(str(init_weights)) if init_weights else {}
+    if any("lora_" in k for k in state):
+        if lora is None:
+            raise ValueError(f"{init_weights} holds LoRA adapters: continue it with LoRA enabled (same r and alpha)")
+        apply_lora(model, lora)
+    if state:
+        load_trained_state(model, state, strict=False)
         logger.info("initialised from %s", init_weights)
     apply_lora(model, lora)
     set_trainable(model, parts)

@@ -31,6 +31,7 @@ __all__ = [
     "ViTConfig",
     "VisionTransformer3D",
     "load_vit_weights",
+    "read_state_dict",
     "save_vit_weights",
 ]
 
@@ -270,13 +271,13 @@ class VisionTransformer3D(nn.Module):
         return tokens if self.cls_token is None else tokens[:, 1:]
 
 
-def _read_state_dict(source: PathOrStateDict) -> dict[str, torch.Tensor]:
+def read_state_dict(source: PathOrStateDict) -> dict[str, torch.Tensor]:
     """Read weights from a mapping, a ``.safetensors`` file or a ``.bin``/``.pt``/``.pth`` torch file."""
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"ViT weight file not found: {path}")
+        raise FileNotFoundError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     if path.suffix in (".bin", ".pt", ".pth"):
@@ -338,7 +339,7 @@ def load_vit_weights(
         ValueError: on missing/unexpected keys (strict), shape mismatches or non-tensor values, listing a few.
         FileNotFoundError: when the file does not exist.
     """
-    state_dict = _read_state_dict(path_or_state_dict)
+    state_dict = read_state_dict(path_or_state_dict)
     state_dict = _select_prefix(state_dict, prefix) if prefix is not None else _strip_known_prefixes(state_dict)
     stale = [key for key in state_dict if _STALE_CROSS_ATTENTION_KEY.match(key)]
     if model.cls_token is None and "cls_token" in state_dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -57,4 +58,69 @@ def clip_trained(demo_dir, tmp_path_factory, clean_mlflow_env) -> Path:
     out = tmp_path_factory.mktemp("clip")
     check(bundle_run("clip_pretrain", ["train.json", "demo.json"], "--demo_dir", str(demo_dir),
                      "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "eval")))
+    return out
+
+
+TRAINING_CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "demo.json",
+                    "settings_schema.json")
+
+
+def checked_layout(bundle: str, configs=TRAINING_CONFIGS, large_files: bool = True) -> dict:
+    """Assert a bundle's zoo layout (docs, license, logging, the given configs, no code) and return its metadata,
+    checked for the keys the model zoo requires."""
+    root = BUNDLES / bundle
+    files = ["LICENSE", "docs/README.md", "configs/metadata.json", "configs/logging.conf",
+             *(["large_files.yml"] if large_files else []), *(f"configs/{c}" for c in configs)]
+    for name in files:
+        assert (root / name).is_file(), name
+    meta = read_json(root / "configs" / "metadata.json")
+    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format", "changelog"):
+        assert key in meta, key
+    assert meta["version"] in meta["changelog"]
+    assert not list(root.rglob("*.py")), "bundles hold configs and docs only"
+    return meta
+
+
+def eval_metrics(report: Path) -> dict:
+    """An evaluation's metrics with images and those of its image-free control (``control/…``), in one dict."""
+    return {**read_json(report / "metrics.json")["metrics"], **read_json(report / "metrics_image_free.json")["metrics"]}
+
+
+def lamed_dirs(demo_dir: Path, clip: Path, out: Path) -> list[str]:
+    """Overrides that point a LaMed bundle's demo at the test session's corpus, CLIP encoder and output folder."""
+    return ["--demo_dir", str(demo_dir), "--models_dir", str(out / "models"), "--output_dir", str(out / "eval"),
+            "--pretrained_vit", str(clip / "models" / "vision_encoder.safetensors")]
+
+
+@pytest.fixture(scope="session")
+def lamed_trained(demo_dir, clip_trained, tmp_path_factory, clean_mlflow_env) -> Path:
+    """The lamed_instruct demo as `m3d demo` runs it — stage 1, stage 2, then the test evaluation — once per session
+    (lamed_seg continues from its stage 2)."""
+    out = tmp_path_factory.mktemp("lamed")
+    dirs = lamed_dirs(demo_dir, clip_trained, out)
+    train = ["train.json", "demo.json"]
+    start = time.monotonic()
+    check(bundle_run("lamed_instruct", train, *dirs, "--stage", "1"))
+    stage2 = check(bundle_run("lamed_instruct", train, *dirs, "--stage", "2"))
+    check(bundle_run("lamed_instruct", ["train.json", "evaluate.json", "demo.json"], *dirs))
+    (out / "timing.json").write_text(json.dumps({"seconds": time.monotonic() - start}))
+    (out / "stage2.log").write_text(stage2.stdout + stage2.stderr)
+    return out
+
+
+def seg_dirs(demo_dir: Path, clip: Path, lamed: Path, out: Path) -> list[str]:
+    """As :func:`lamed_dirs`, continuing from the lamed_instruct demo's stage 2 in ``lamed``."""
+    return [*lamed_dirs(demo_dir, clip, out), "--init_weights", str(lamed / "models" / "stage2" / "trained.safetensors")]
+
+
+@pytest.fixture(scope="session")
+def seg_trained(demo_dir, clip_trained, lamed_trained, tmp_path_factory, clean_mlflow_env) -> Path:
+    """The lamed_seg demo (training, then the test evaluation), once per session."""
+    out = tmp_path_factory.mktemp("seg")
+    dirs = seg_dirs(demo_dir, clip_trained, lamed_trained, out)
+    start = time.monotonic()
+    check(bundle_run("lamed_seg", ["train.json", "demo.json"], *dirs))
+    (out / "timing.json").write_text(json.dumps({"train_seconds": time.monotonic() - start}))
+    check(bundle_run("lamed_seg", ["train.json", "evaluate.json", "demo.json"], *dirs))
     return out

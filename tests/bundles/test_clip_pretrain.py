@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import BUNDLES, bundle_run, check, read_json
+from .conftest import bundle_run, check, checked_layout, read_json
 
 TRAIN = ["train.json", "demo.json"]
 SHUFFLED = "$md.cap.permute_texts(md.cap.read_cap_split(@cap_json, 'train', @dataset_dir), 0)"
@@ -89,7 +89,9 @@ def test_inference_writes_embeddings(trained, demo_dir):
 
 
 def test_shuffled_pairs_control_stays_near_chance(demo_dir, tmp_path, monkeypatch_module):
-    check(bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--train#records", SHUFFLED))
+    # a third of the demo's epochs: real pairs are far above chance by then (validation mean R@1 0.24 on 40 pairs
+    # after 10 epochs, chance 0.025), so the control keeps its power at a third of the CI time
+    check(bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--train#records", SHUFFLED, "--epochs", "10"))
     metrics = _evaluate(demo_dir, tmp_path)
     assert metrics["itr/ir_r1@100"] <= 0.06 and metrics["itr/tr_r1@100"] <= 0.06, metrics
     assert metrics["itr/ir_r10@100"] <= 0.25 and metrics["itr/tr_r10@100"] <= 0.25, metrics
@@ -137,14 +139,4 @@ def test_two_process_gloo_training(demo_dir, tmp_path, monkeypatch_module):
 
 
 def test_bundle_layout_and_metadata():
-    bundle = BUNDLES / "clip_pretrain"
-    for name in ("LICENSE", "large_files.yml", "docs/README.md", "configs/metadata.json", "configs/logging.conf",
-                 *(f"configs/{c}" for c in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
-                                            "demo.json", "settings_schema.json"))):
-        assert (bundle / name).is_file(), name
-    meta = read_json(bundle / "configs" / "metadata.json")
-    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
-                "description", "authors", "copyright", "network_data_format", "changelog"):
-        assert key in meta, key
-    assert meta["version"] in meta["changelog"]
-    assert not list(bundle.rglob("*.py")), "bundles hold configs and docs only"
+    checked_layout("clip_pretrain")

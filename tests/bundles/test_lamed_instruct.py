@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -15,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import BUNDLES, bundle_run, check, read_json
+from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, lamed_dirs, read_json
 
 BUNDLE = "lamed_instruct"
 TRAIN = ["train.json", "demo.json"]
@@ -27,8 +26,7 @@ REC_QUESTION = "Where is the liver in this image? Please give its box."
 
 
 def _dirs(demo_dir: Path, clip: Path, out: Path) -> list[str]:
-    return ["--demo_dir", str(demo_dir), "--models_dir", str(out / "models"), "--output_dir", str(out / "eval"),
-            "--pretrained_vit", str(clip / "models" / "vision_encoder.safetensors")]
+    return lamed_dirs(demo_dir, clip, out)
 
 
 def _runs(output_dir: Path) -> list:
@@ -37,22 +35,12 @@ def _runs(output_dir: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def trained(demo_dir, clip_trained, tmp_path_factory, clean_mlflow_env) -> Path:
-    """The demo recipe as `m3d demo` runs it: stage 1, stage 2, then the test evaluation."""
-    out = tmp_path_factory.mktemp("lamed")
-    dirs = _dirs(demo_dir, clip_trained, out)
-    start = time.monotonic()
-    check(bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "1"))
-    stage2 = check(bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "2"))
-    check(bundle_run(BUNDLE, EVALUATE, *dirs))
-    (out / "timing.json").write_text(json.dumps({"seconds": time.monotonic() - start}))
-    (out / "stage2.log").write_text(stage2.stdout + stage2.stderr)
-    return out
+def trained(lamed_trained) -> Path:
+    return lamed_trained
 
 
 def _metrics(trained: Path) -> dict:
-    report = trained / "eval" / "stage2_test"
-    return {**read_json(report / "metrics.json")["metrics"], **read_json(report / "metrics_image_free.json")["metrics"]}
+    return eval_metrics(trained / "eval" / "stage2_test")
 
 
 def test_demo_uses_the_image(trained):
@@ -192,21 +180,14 @@ def test_clear_errors_before_any_training(demo_dir, clip_trained, tmp_path):
     missing_llm = bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "1", "--llm_path", str(tmp_path / "no-llm"))
     assert missing_llm.returncode != 0 and "LLM folder" in missing_llm.stderr and "does not exist" in missing_llm.stderr
     no_stage1 = bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "2")
-    assert no_stage1.returncode != 0 and "run stage 1 first" in no_stage1.stderr
+    assert no_stage1.returncode != 0 and "run stage 1 (--stage 1) first" in no_stage1.stderr
     long_question = bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "1", *SMALL, "--max_length", "24")
     assert long_question.returncode != 0 and "leaving no room for an answer" in long_question.stderr
     assert not (tmp_path / "models" / "stage1" / "trained.safetensors").exists()
 
 
 def test_bundle_layout_and_metadata():
-    bundle = BUNDLES / BUNDLE
-    for name in ("LICENSE", "large_files.yml", "docs/README.md", "configs/metadata.json", "configs/logging.conf",
-                 *(f"configs/{c}" for c in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
-                                            "demo.json", "settings_schema.json"))):
-        assert (bundle / name).is_file(), name
-    meta = read_json(bundle / "configs" / "metadata.json")
-    assert meta["version"] in meta["changelog"] and "peft" in meta["required_packages_version"]
-    assert not list(bundle.rglob("*.py")), "bundles hold configs and docs only"
+    assert "peft" in checked_layout(BUNDLE)["required_packages_version"]
 
 
 def test_generated_seg_instructions_feed_the_training_mixture(demo_dir, tmp_path):

@@ -196,3 +196,16 @@ def test_with_image_tokens_layout():
     assert with_image_tokens("Q", 256, caption=False).count(IMAGE_TOKEN) == 256
     with pytest.raises(ValueError, match="n_image_tokens"):
         with_image_tokens("Q", -1, caption=False)
+
+
+def test_answer_variants_keep_one_wording_per_outcome():
+    rng = random.Random(0)
+    present = {seg_example("liver", True, rng, answer_variants=1)[1] for _ in range(30)}
+    absent = {seg_example("liver", False, rng, answer_variants=1)[1] for _ in range(30)}
+    assert present == {SEG_CLASS.answers[0].format(name="liver", seg=SEG_TOKEN)}
+    assert absent == {SEG_CLASS.negatives[0].format(name="liver")}
+    boxes = {rec_example("liver", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], rng, answer_variants=2)[1] for _ in range(40)}
+    assert len(boxes) == 2
+    assert len({seg_example("liver", True, rng)[1] for _ in range(200)}) == len(SEG_CLASS.answers)
+    with pytest.raises(ValueError, match="answer_variants"):
+        seg_example("liver", True, rng, answer_variants=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from m3d_components.engines.instruct import InstructionScores, PredictionWriter, score_sample
+from m3d_components.engines.instruct import InstructionScores, PredictionWriter, score_mask_sample, score_sample
 
 NAN_BOX = [math.nan] * 6
 BOX = [0.1, 0.2, 0.2, 0.5, 0.6, 0.6]
@@ -35,16 +35,16 @@ def _output(texts, **target):
 def test_scores_average_over_samples_and_baseline_box():
     metric = InstructionScores(prefix="val/", baseline_box=BOX)
     metric.reset()
-    metric.update((["B. x", "C. y"], {"task": ["vqa_closed"] * 2, "answer_letter": ["B", "B"],
+    metric.update(({"text": ["B. x", "C. y"]}, {"task": ["vqa_closed"] * 2, "answer_letter": ["B", "B"],
                                        "question_type": [1, 2], "choices": [None, None]}))
-    metric.update((["[0.1, 0.2, 0.2, 0.5, 0.6, 0.6]"], {"task": ["rec"], "box": [torch.tensor(BOX)]}))
+    metric.update(({"text": ["[0.1, 0.2, 0.2, 0.5, 0.6, 0.6]"]}, {"task": ["rec"], "box": [torch.tensor(BOX)]}))
     scores = metric.compute()
     assert scores["val/cvqa/acc"] == 0.5 and scores["val/cvqa/acc_type1"] == 1.0 and scores["val/cvqa/acc_type2"] == 0
     assert scores["val/rec/baseline_acc@0.2"] == 1.0 and scores["val/rec/acc@0.2"] == 1.0
     assert "val/rg/bleu" not in scores  # tasks not evaluated are not reported as 0
     summary = InstructionScores(prefix="val/", summary=True)
     summary.reset()
-    summary.update((["B. x"], {"task": ["vqa_closed"], "answer_letter": ["B"], "question_type": [1],
+    summary.update(({"text": ["B. x"]}, {"task": ["vqa_closed"], "answer_letter": ["B"], "question_type": [1],
                                "choices": [None]}))
     assert summary.compute() == 1.0
 
@@ -60,3 +60,43 @@ def test_prediction_writer_truncates_on_start_and_writes_a_line_per_sample(tmp_p
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 4 and rows[0]["prediction"] == "B. x" and rows[0]["box"] is None
     assert rows[1]["scores"] == {"rec/iou": 0.0, "rec/acc@0.2": 0.0, "rec/acc@0.5": 0.0}
+
+
+def _cube(lo: int, hi: int) -> torch.Tensor:
+    mask = torch.zeros(1, 8, 8, 8, dtype=torch.bool)
+    mask[:, lo:hi, lo:hi, lo:hi] = True
+    return mask
+
+
+def test_mask_scores_count_negatives_explicitly_and_match_monai():
+    from monai.metrics import DiceMetric
+
+    gt = _cube(2, 6)
+    probs = _cube(3, 7).float() * 0.9
+    scores = score_mask_sample("ss", probs, {"seg": gt, "dataset": "0011", "class_name": "Left Kidney"},
+                               baseline=_cube(2, 5))
+    metric = DiceMetric(include_background=True)
+    metric(probs[None] > 0.5, gt[None])
+    assert scores["ss/dice"] == pytest.approx(float(metric.aggregate())) == pytest.approx(2 * 27 / (64 + 64))
+    assert scores["ss/dice/0011/left_kidney"] == scores["ss/dice/0011"] == scores["ss/dice"]
+    assert scores["ss/soft_dice"] == pytest.approx(2 * 0.9 * 27 / (0.9 * 64 + 64 + 1))
+    assert scores["ss/baseline_dice"] == pytest.approx(2 * 27 / (27 + 64)) and scores["ss/mask_rate"] == 1.0
+    # no [SEG] for a present target: Dice 0; negatives: right only without a mask
+    assert score_mask_sample("res", None, {"seg": gt})["res/dice"] == 0.0
+    empty = torch.zeros_like(gt)
+    assert score_mask_sample("ss", None, {"seg": empty}) == {"ss/neg_acc": 1.0, "ss/dice_all": 1.0}
+    assert score_mask_sample("ss", probs, {"seg": empty}) == {"ss/neg_acc": 0.0, "ss/dice_all": 0.0}
+    assert score_mask_sample("ss", probs * 0.1, {"seg": empty})["ss/neg_acc"] == 1.0  # nothing above 0.5
+
+
+def test_scores_of_a_segmentation_batch():
+    gt = torch.stack([_cube(2, 6), torch.zeros(1, 8, 8, 8, dtype=torch.bool)])
+    pred = {"text": ["It is [SEG].", "There is no spleen."], "mask_probs": gt.float(),
+            "has_mask": torch.tensor([True, False])}
+    metric = InstructionScores(prefix="")
+    metric.reset()
+    metric.update((pred, {"task": ["ss", "ss"], "seg": gt, "dataset": ["d", "d"], "class_name": ["liver", "spleen"]}))
+    scores = metric.compute()
+    assert scores["ss/dice"] == 1.0 and scores["ss/neg_acc"] == 1.0 and scores["ss/dice_all"] == 1.0
+    with pytest.raises(ValueError, match="needs masks"):
+        metric.update(({"text": ["x"]}, {"task": ["ss"], "seg": gt[:1]}))

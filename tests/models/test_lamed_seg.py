@@ -21,7 +21,7 @@ def model(llama_dir):
     lamed, tokenizer = tiny_lamed(llama_dir)
     torch.manual_seed(0)
     segmenter = PromptableSegmenter(SegmenterConfig(vit=SEG_VIT, num_heads=2, mlp_dim=64))
-    return LaMedSeg(lamed, segmenter, tokenizer.convert_tokens_to_ids(SEG_TOKEN)).train(), tokenizer
+    return LaMedSeg.from_lamed(lamed, segmenter, tokenizer.convert_tokens_to_ids(SEG_TOKEN)).train(), tokenizer
 
 
 def _batch(tokenizer, answers: list[str]):
@@ -49,7 +49,7 @@ def test_mask_losses_only_for_samples_with_seg_and_a_mask(model):
     assert torch.allclose(out["loss"], out["lm_loss"] + out["seg_loss"])
     out["loss"].backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
-    for part in ("seg_projector.", "segmenter.mask_decoder.", "segmenter.image_encoder.", "lamed.llm."):
+    for part in ("seg_projector.", "segmenter.mask_decoder.", "segmenter.image_encoder.", "llm."):
         assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(part)), part
 
 
@@ -81,3 +81,31 @@ def test_collated_batches_carry_masks_for_seg_training(model):
     out = model(batch["image"], batch["input_ids"], batch["attention_mask"], batch["labels"], seg=batch["seg"])
     assert out["seg_index"].tolist() == [0] and torch.isfinite(out["loss"])
     assert "seg" not in InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(samples)
+
+
+def test_segment_finds_the_state_before_seg_in_generated_answers(model):
+    """Masks of generated answers: a left-padded batch equals one-by-one, tokens after EOS are ignored, and a
+    [SEG] generated first is found (its preceding state is the prompt's last)."""
+    model, tokenizer = model
+    model.eval()
+    seg_id, eos = model.seg_token_id, tokenizer.eos_token_id
+    prompts = [IMAGE_TOKEN * N_IMAGE_TOKENS + " Segment the liver.", IMAGE_TOKEN * N_IMAGE_TOKENS + " Liver?"]
+    tokenizer.padding_side = "left"
+    ids = tokenizer(prompts, return_tensors="pt", padding=True)
+    word = tokenizer(" It is", add_special_tokens=False)["input_ids"]
+    row0 = [*word, seg_id, eos, seg_id]
+    new = torch.tensor([row0, [seg_id, eos] + [eos] * (len(row0) - 2)])
+    image = torch.rand(2, 1, *VIT.img_size)
+    probs, asked = model.segment(image, ids["input_ids"], ids["attention_mask"], new, eos)
+    assert asked.tolist() == [True, True] and probs.shape == (2, 1, *VIT.img_size)
+    for i in range(2):
+        single = tokenizer(prompts[i], return_tensors="pt")
+        alone, _ = model.segment(image[i : i + 1], single["input_ids"], single["attention_mask"], new[i : i + 1], eos)
+        assert torch.allclose(alone[0], probs[i], atol=1e-5)
+    none, asked = model.segment(image, ids["input_ids"], ids["attention_mask"], torch.full_like(new, eos), eos)
+    assert not asked.any() and not none.any()
+    # the extra [SEG] after EOS in row 0 is ignored: same mask as without it
+    cut = new.clone()
+    cut[0, -1] = eos
+    again, _ = model.segment(image, ids["input_ids"], ids["attention_mask"], cut, eos)
+    assert torch.allclose(again, probs)

@@ -1,0 +1,125 @@
+"""lamed_seg end to end on the demo corpus: training from lamed_instruct's stage 2, Dice evaluation with explicit
+negatives and the average-mask baseline, masks written on a real NIfTI's own grid, the MONAI Label entry, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from .conftest import BUNDLES, bundle_run, checked_layout, eval_metrics, seg_dirs
+
+BUNDLE = "lamed_seg"
+TRAIN = ["train.json", "demo.json"]
+EVALUATE = ["train.json", "evaluate.json", "demo.json"]
+INFER = ["train.json", "demo.json", "inference.json"]
+ITK_T1 = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
+
+
+def _dirs(demo_dir: Path, clip: Path, lamed: Path, out: Path) -> list[str]:
+    return seg_dirs(demo_dir, clip, lamed, out)
+
+
+def test_demo_segments_from_text_and_uses_the_image(seg_trained):
+    """What the ~4-minute CPU demo reaches (issue 5 asks for more: ss/res Dice >= 0.6): masks follow the text and
+    the image — far above the same model with images replaced by zeros — and absent organs are mostly refused."""
+    m = eval_metrics(seg_trained / "eval" / "test")
+    assert m["refseg/dice"] >= m["control/refseg/dice"] + 0.2, m
+    for task in ("ss", "res"):
+        assert m[f"{task}/dice_all"] >= m[f"control/{task}/dice_all"] + 0.05, m
+        assert m[f"{task}/neg_acc"] >= 0.7, m  # a refusal, not a mask, for an absent organ
+        assert 0.0 <= m[f"{task}/baseline_dice"] <= 1.0 and f"{task}/dice/demo/lesion" in m, m
+        assert m[f"{task}/soft_dice"] <= m[f"{task}/dice"] + 0.05, m  # the published soft score, for parity
+    assert m["ss/dice"] >= m["control/ss/dice"] + 0.05, m
+
+
+def test_predictions_record_masks_without_writing_them(seg_trained):
+    rows = [json.loads(line) for line in (seg_trained / "eval" / "test" / "predictions.jsonl").open()]
+    assert {r["task"] for r in rows} == {"ss", "res", "refseg"}
+    assert all("seg" not in r and isinstance(r["has_mask"], bool) for r in rows)
+    positives = [r for r in rows if "ss/dice" in r["scores"]]
+    assert positives and all("[SEG]" in r["prediction"] or not r["has_mask"] for r in positives)
+
+
+@pytest.fixture(scope="module")
+def inference(seg_trained, demo_dir, clip_trained, lamed_trained):
+    """inference.json parsed once, as MONAI Label and `monai.bundle run` parse it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / BUNDLE / "configs" / c) for c in INFER])
+    overrides = _dirs(demo_dir, clip_trained, lamed_trained, seg_trained)
+    parser.update({k.lstrip("-"): v for k, v in zip(overrides[::2], overrides[1::2])})
+    parser["weights"] = str(seg_trained / "models" / "trained.safetensors")
+    parser.parse()
+    for i in range(len(parser["initialize"])):
+        parser.get_parsed_content(f"initialize#{i}")
+    return parser
+
+
+def _nifti_of_a_demo_case(demo_dir: Path, path: Path) -> tuple[Path, list[str]]:
+    """A demo test volume written as NIfTI on a non-canonical grid (axes reversed and permuted, anisotropic
+    spacing), and the M3D-RefSeg questions about it."""
+    import csv
+
+    rows = list(csv.DictReader((demo_dir / "M3D_RefSeg_test.csv").open()))
+    case = rows[0]["Image"]
+    volume = np.load(demo_dir / case)[0]  # (D, H, W) running to inferior, posterior, left (IPL)
+    # RAS-ordered array axes; values that the abdomen window (−160…240 HU) maps back to the demo's [0, 1]
+    data = np.transpose(volume[::-1, ::-1, ::-1], (2, 1, 0)) * 400.0 - 160.0
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-30.0, 12.0, 40.0]
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    return path, [r["Question"] for r in rows if r["Image"] == case]
+
+
+def test_mask_of_a_nifti_is_on_its_own_grid(inference, demo_dir, tmp_path):
+    from m3d_components.engines.infer import answer_question
+
+    scan, questions = _nifti_of_a_demo_case(demo_dir, tmp_path / "scan.nii.gz")
+    network, tokenizer = inference.get_parsed_content("network").model, inference.get_parsed_content("tokenizer")
+    for i, question in enumerate(questions[:4]):
+        answer = answer_question(network, tokenizer, scan, question, tmp_path / f"q{i}", inference["image_size"])
+        if answer["mask"] is not None and answer["mask"]["voxels"]:
+            break
+    assert answer["mask"] is not None and "[SEG]" in answer["answer"], answer
+    source, written = nib.load(str(scan)), nib.load(answer["mask"]["path"])
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    voxels = np.argwhere(np.asarray(written.dataobj) > 0)
+    box = [*voxels.min(axis=0), *voxels.max(axis=0)]
+    assert np.abs(np.asarray(box) - np.asarray(answer["mask"]["source_box_voxel"])).max() <= 1, (box, answer)
+    assert Path(answer["mask"]["png"]).is_file()
+    refused = answer_question(network, tokenizer, scan, "Can you segment the brain in this image?",
+                              tmp_path / "brain", inference["image_size"])
+    assert refused["mask"] is None or refused["mask"]["voxels"] >= 0  # answered either way, no crash
+
+
+@pytest.mark.skipif(not ITK_T1.is_file(), reason="Debian package insighttoolkit5-examples not installed")
+def test_image_only_entry_as_monai_label_runs_it(inference):
+    """MONAI Label's bundle app: preprocessing → inferer(image, network_def) → postprocessing, no text argument;
+    the question is a displayable config. The mask comes back on the scan's own grid."""
+    assert "question" in inference["displayable_configs"]
+    data = inference.get_parsed_content("preprocessing")({"image": str(ITK_T1)})
+    network = inference.get_parsed_content("network")
+    data["pred"] = inference.get_parsed_content("inferer")(data["image"][None], network)[0]
+    out = inference.get_parsed_content("postprocessing")(data)
+    assert tuple(out["pred"].shape[1:]) == nib.load(str(ITK_T1)).shape
+    assert set(torch.unique(out["pred"]).tolist()) <= {0.0, 1.0}
+
+
+def test_clear_errors_before_any_training(demo_dir, clip_trained, tmp_path):
+    dirs = _dirs(demo_dir, clip_trained, tmp_path, tmp_path)
+    missing = bundle_run(BUNDLE, TRAIN, *dirs)
+    assert missing.returncode != 0 and "run lamed_instruct stage 2 first" in missing.stderr
+    bad = bundle_run(BUNDLE, TRAIN, *dirs, "--trainable", "['segmenter', 'decoder']")
+    assert bad.returncode != 0 and "trainable" in bad.stderr and "'decoder' is not one of" in bad.stderr
+
+
+def test_bundle_layout_and_metadata():
+    meta = checked_layout(BUNDLE)
+    assert "monailabel" in meta["supported_apps"]
+    assert list(meta["network_data_format"]["inputs"]) == ["image"]  # MONAI Label takes the first input as the image

