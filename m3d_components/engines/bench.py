@@ -11,9 +11,11 @@ metrics named ``task/metric``. Generated answers are never recomputed; retrieval
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -53,8 +55,16 @@ DATASET_TASK = {"rg": "caption", "cvqa": "vqa_closed", "ovqa": "vqa_open", "rec"
 BENCH_TASKS = ("itr", *DATASET_TASK)
 TEXT_TASKS = ("rg", "ovqa", "reg")
 MASK_TASKS = ("ss", "res")
-HEADLINE = ("itr/ir_r1@100", "itr/tr_r1@100", "rg/bleu", "rg/meteor", "rg/bertscore_f1", "cvqa/acc", "ovqa/bleu",
-            "rec/acc@0.2", "reg/bleu", "ss/dice", "res/dice")
+HEADLINE = ("rg/bleu", "rg/meteor", "rg/bertscore_f1", "cvqa/acc", "ovqa/bleu", "rec/acc@0.2", "reg/bleu", "ss/dice",
+            "ss/neg_acc", "res/dice", "res/neg_acc")
+_ITR_HEADLINE = re.compile(r"itr/(ir|tr)_r1@\d+$")
+
+
+def headline_keys(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """The headline metrics any summary has: R@1 both ways on every retrieval pool, then :data:`HEADLINE`."""
+    present = {k for s in summaries.values() for k in s}
+    itr = sorted((k for k in present if _ITR_HEADLINE.match(k)), key=lambda k: (int(k.rsplit("@", 1)[1]), k))
+    return itr + [h for h in HEADLINE if h in present]
 
 
 class PredictionLog:
@@ -73,6 +83,8 @@ class PredictionLog:
         with self.path.open("rb") as handle:
             for line in handle:
                 try:
+                    if not line.endswith(b"\n"):  # complete JSON but no newline yet is cut too
+                        raise json.JSONDecodeError("no line end", line.decode("utf-8", "replace"), len(line))
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     logger.warning("%s: dropping a cut last line (the run was killed while writing)", self.path)
@@ -178,7 +190,7 @@ def bootstrap_summary(
 def markdown_table(summaries: dict[str, dict[str, dict[str, Any]]], metrics: Sequence[str] | None = None) -> str:
     """Metrics as rows, checkpoints as columns: ``value [low, high]``."""
     names = list(summaries)
-    keys = metrics or sorted({k for s in summaries.values() for k in s if k.count("/") < 2 or "_type" not in k})
+    keys = metrics or sorted({k for s in summaries.values() for k in s if k.count("/") < 2 and "_type" not in k})
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         cells = []
@@ -278,6 +290,34 @@ def _sample_ids(task: str, dataset: torch.utils.data.Dataset, limit: int | None,
     return [(f"{task}:{int(i)}", int(i)) for i in indices]
 
 
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_manifest(out: Path, settings: dict[str, Any]) -> None:
+    """Logged answers are reused only for the same weights, data and generation settings (``manifest.json``).
+
+    Raises:
+        ValueError: naming the settings that differ from those the logged answers were generated with.
+    """
+    settings = json.loads(json.dumps(settings, default=str))
+    manifest = out / "manifest.json"
+    if manifest.is_file() and (out / "predictions.jsonl").is_file():
+        before = json.loads(manifest.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(
+                f"{out} holds answers generated with other settings ({', '.join(changed)} differ): give this run "
+                "another checkpoint name or output_dir, or delete that folder to regenerate"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(settings, indent=2))
+
+
 def _generated_scores(
     checkpoint: dict[str, Any], tasks: Sequence[str], out: Path, *, split: str, samples_per_task: int | None,
     batch_size: int, max_new_tokens: int, bertscore_model: str | os.PathLike | None, meteor: bool, seed: int,
@@ -292,12 +332,18 @@ def _generated_scores(
     from m3d_components.models.trainable import load_trained_state
 
     log = PredictionLog(out / "predictions.jsonl")
+    _check_manifest(out, {
+        "split": split, "samples_per_task": samples_per_task, "seed": seed, "max_new_tokens": max_new_tokens,
+        "image_free": bool(checkpoint.get("image_free")), "bundle": checkpoint["bundle"],
+        "configs": list(checkpoint.get("configs", ["train.json"])), "overrides": checkpoint.get("overrides", {}),
+        "weights_sha256": _sha256(checkpoint["weights"]),
+    })
     done = log.done()
     parser = _bundle_parser(checkpoint["bundle"], checkpoint.get("configs", ["train.json"]),
                             checkpoint.get("overrides", {}))
     datasets = _datasets(parser, tasks, split)
-    plan = {t: [(i, k) for i, k in _sample_ids(t, datasets[DATASET_TASK[t]], samples_per_task, seed) if i not in done]
-            for t in tasks}
+    chosen = {t: _sample_ids(t, datasets[DATASET_TASK[t]], samples_per_task, seed) for t in tasks}
+    plan = {t: [(i, k) for i, k in chosen[t] if i not in done] for t in tasks}
     if any(plan.values()):
         set_determinism(seed=seed)
         network = parser.get_parsed_content("network")
@@ -329,9 +375,11 @@ def _generated_scores(
             )
             ProgressBar(desc=f"{checkpoint['name']} {task}", persist=True).attach(evaluator)
             evaluator.run()
+    wanted = {i for t in tasks for i, _ in chosen[t]}
     rows = defaultdict(list)
     for row in log.rows():
-        rows[row["bench_task"]].append(row)
+        if row["id"] in wanted:  # the current selection only, whatever else an earlier run logged
+            rows[row["bench_task"]].append(row)
     scores: dict[str, list[float]] = {}
     for task in tasks:
         scores.update(task_scores(task, rows[task], bertscore_model, meteor))
@@ -372,7 +420,7 @@ def bench_checkpoint(
             raise ValueError(f"checkpoint {checkpoint['name']!r}: image_free applies to LaMed checkpoints only")
         scores = _itr_scores(checkpoint, split) if tasks else {}
     else:
-        tasks = [t for t in tasks if t != "itr"]
+        tasks = [t for t in tasks if t != "itr" and (checkpoint["bundle"] == "lamed_seg" or t not in MASK_TASKS)]
         scores = _generated_scores(checkpoint, tasks, out, split=split, samples_per_task=samples_per_task,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    bertscore_model=bertscore_model, meteor=meteor, seed=seed,
@@ -393,6 +441,14 @@ def _track(checkpoint: dict[str, Any], summary: dict[str, dict[str, Any]], out: 
     experiment = mlflow.set_experiment(experiment_name("m3d_bench"))
     id_file = out / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
+    if run_id is not None:
+        try:
+            found = mlflow.MlflowClient().get_run(run_id)
+            if found.info.experiment_id != experiment.experiment_id:
+                raise ValueError("the saved run belongs to another experiment")
+        except Exception as err:  # store moved or deleted, or another experiment: start a new run
+            logger.warning("%s: not continuing MLflow run %s (%s); starting a new one", checkpoint["name"], run_id, err)
+            run_id = None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment.experiment_id,
                           run_name=None if run_id else checkpoint["name"]) as run:
         id_file.write_text(run.info.run_id)
@@ -415,7 +471,7 @@ def run_bench(checkpoints: Sequence[dict[str, Any]], tasks: Sequence[str], outpu
     if len(set(names)) != len(names):
         raise ValueError(f"checkpoint names must be unique, got {names}")
     summaries = {c["name"]: bench_checkpoint(c, tasks, output_dir, **kwargs) for c in checkpoints}
-    table = markdown_table(summaries, [h for h in HEADLINE if any(h in s for s in summaries.values())])
+    table = markdown_table(summaries, headline_keys(summaries))
     Path(output_dir, "comparison.md").write_text(table)
     logger.info("M3D-Bench\n%s", table)
     return summaries
@@ -456,7 +512,7 @@ def compare_runs(
             summary[key.replace("_at_", "@")] = {
                 "value": value, "ci95": [values.get(key + "/ci95_low", value), values.get(key + "/ci95_high", value)]}
         summaries[run.info.run_name or run.info.run_id] = summary
-    shown = list(metrics or [h for h in HEADLINE if any(h in s for s in summaries.values())])
+    shown = list(metrics or headline_keys(summaries))
     table = markdown_table(summaries, shown)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

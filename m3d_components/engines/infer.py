@@ -29,6 +29,7 @@ from m3d_components.data.ingest import (
 )
 from m3d_components.data.prompts import with_image_tokens
 from m3d_components.data.volume import load_volume
+from m3d_components.models.trainable import load_trained_state
 
 __all__ = [
     "TextPromptedSegmenter",
@@ -90,7 +91,8 @@ def draw_box_png(volume: np.ndarray, box_voxel: list[int], out_path: str | os.Pa
 
 def draw_mask_png(volume: np.ndarray, mask: np.ndarray, out_path: str | os.PathLike, max_slices: int = 4) -> Path:
     """Overlay a canonical mask in red on up to ``max_slices`` axial (D) slices through it, side by side."""
-    image, fg = np.clip(np.asarray(volume[0], dtype=np.float32), 0, 1), np.asarray(mask).reshape(volume.shape[1:])
+    image = np.clip(np.asarray(volume[0], dtype=np.float32), 0, 1)
+    fg = np.asarray(mask).reshape(volume.shape[1:]).astype(bool)
     depths = np.flatnonzero(fg.any(axis=(1, 2)))
     slices = sorted({int(d) for d in np.linspace(depths[0], depths[-1], max_slices).round()}) if depths.size else [
         fg.shape[0] // 2]
@@ -200,6 +202,8 @@ def answer_question(
     result = {"image": str(image), "question": question, "answer": text,
               "boxes": describe_boxes(text, volume, sidecar, out_dir)}
     if hasattr(network, "segment"):
+        for stale in ("mask.nii.gz", "mask.npy", "mask_overlay.png"):  # an earlier answer's mask is not this one's
+            (out_dir / stale).unlink(missing_ok=True)
         probs, asked = network.segment(scan, prompt_ids, prompt_mask, tokens, tokenizer.eos_token_id)
         mask = (probs[0] > 0.5).cpu().numpy()
         result["mask"] = describe_mask(mask, volume, sidecar, out_dir) if bool(asked[0]) else None
@@ -216,16 +220,23 @@ class TextPromptedSegmenter(torch.nn.Module):
     model says the target is absent) gets an all-background mask.
 
     Args:
-        model: a trained :class:`~m3d_components.models.lamed_seg.LaMedSeg`.
+        model: a :class:`~m3d_components.models.lamed_seg.LaMedSeg` (LoRA added, trainable parts chosen).
         tokenizer: its tokenizer.
         question: the fixed text prompt.
         max_new_tokens: the answer budget.
+        weights: its trained tensors (``trained.safetensors``), loaded here, so that callers which only build the
+            network (MONAI Label does not run the bundle's ``initialize``) get the trained model.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, question: str, max_new_tokens: int = 32) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, question: str, max_new_tokens: int = 32,
+        weights: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__()
         if not question or not question.strip():
             raise ValueError("the segmentation question is empty")
+        if weights is not None:
+            load_trained_state(model, weights)
         self.model = model
         self.tokenizer = tokenizer
         self.prompt = with_image_tokens(question.strip(), model.num_image_tokens, caption=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,9 @@ def has_box(box: Any) -> bool:
 
 
 def _slug(name: str) -> str:
-    return "_".join(str(name).lower().split())
+    """A class or dataset name as one metric-name segment: lower case, anything but ``a-z 0-9 _ . -`` → ``_``
+    (MLflow refuses other characters, and ``/`` would split the name)."""
+    return re.sub(r"[^a-z0-9_.-]+", "_", str(name).lower()).strip("_") or "unnamed"
 
 
 def score_mask_sample(
@@ -202,7 +205,8 @@ def sample_scores(pred: dict[str, Any], target: dict[str, Any], i: int,
 
 
 MASK_SCORE_TASKS = ("ss", "res", "refseg")
-HEADLINE = ("cvqa/acc", "rec/acc@0.2", "rg/bleu", "ovqa/bleu", "reg/bleu", "ss/dice", "res/dice", "refseg/dice")
+# Segmentation enters the key metric with its negatives (dice_all), so a model that masks everything is not preferred.
+HEADLINE = ("cvqa/acc", "rec/acc@0.2", "rg/bleu", "ovqa/bleu", "reg/bleu", "ss/dice_all", "res/dice_all", "refseg/dice")
 
 
 def batch_row(target: dict[str, Any], i: int) -> dict[str, Any]:
@@ -216,7 +220,8 @@ class InstructionScores(Metric):
     Args:
         prefix: e.g. ``"val/"`` during training, ``""`` for a test evaluation, ``"control/"`` for the image-free run.
         summary: return one number — the mean of the headline scores present (closed-VQA accuracy, REC
-            accuracy@0.2, the BLEU scores, the Dice scores) — for use as the key metric; else the dict of every score.
+            accuracy@0.2, the BLEU scores, the Dice scores with negatives) — for use as the key metric; else the dict
+            of every score.
         baseline_box: a fixed normalised box scored as if predicted for every REC positive (``rec/baseline_acc@0.2``,
             the "average box" reference point).
         baseline_masks: ``"<dataset>/<class>"`` → the training-set average mask, scored as if predicted for every

@@ -22,9 +22,9 @@ _REQUEST = (
 )
 # "score" (any case, optional markdown) then a number, optionally "/ 100" or "/ 10" or "%"
 _SCORED = re.compile(
-    r"score\W{0,6}?(?:is|of|=|:)?\s*\**\s*(\d{1,3}(?:\.\d+)?)\s*(/\s*100|/\s*10\b|%)?", re.IGNORECASE
+    r"score\W{0,6}?(?:is|of|=|:)?\s*\**\s*(\d+(?:\.\d+)?)(?![\d.]*\d)\s*(/\s*100|/\s*10\b|%)?", re.IGNORECASE
 )
-_PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
+_PERCENT = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*%")
 
 
 def judge_messages(reference: str, prediction: str) -> list[dict[str, str]]:
@@ -36,13 +36,16 @@ def judge_messages(reference: str, prediction: str) -> list[dict[str, str]]:
 def parse_judge_score(reply: str) -> float | None:
     """The judge's score as a fraction in [0, 1], or None when the reply holds no usable score.
 
-    The last "score …" statement wins (judges often restate it at the end); "x/10" is scaled to 100; without the
-    word "score" a lone percentage is accepted. Values above 100 are not scores and give None.
+    The last "score …" statement wins (judges often restate it at the end); "x/10" is scaled to 100 and a decimal
+    at most 1 ("0.85") read as a fraction; without the word "score" a lone percentage is accepted. Values above 100
+    are not scores and give None.
     """
     matches = list(_SCORED.finditer(reply))
     if matches:
-        value, scale = float(matches[-1].group(1)), (matches[-1].group(2) or "").replace(" ", "")
-        value = value * 10 if scale == "/10" else value
+        number, scale = matches[-1].group(1), (matches[-1].group(2) or "").replace(" ", "")
+        value = float(number) * (10 if scale == "/10" else 1)
+        if not scale and "." in number and value <= 1:  # "Score: 0.85" is a fraction, not 0.85 %
+            value *= 100
     else:
         percents = _PERCENT.findall(reply)
         if len(percents) != 1:

@@ -117,19 +117,22 @@ def bertscore_f1(
 
     Args:
         model: a local Hugging Face encoder folder (the published protocol uses roberta-large; any BERT-like works).
-        num_layers: the layer whose states are compared (default: the model's last).
+        num_layers: the layer whose states are compared (default: bert-score's choice for a model of that folder
+            name, e.g. 17 for ``roberta-large``; else the model's last).
 
     Raises:
         FileNotFoundError: when ``model`` is not a local folder (hub ids are not fetched).
     """
     import bert_score
+    from bert_score.utils import model2layers
     from transformers import AutoConfig
 
     _check(predictions, references)
     path = Path(model)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"BERTScore model {model!r} is not a local model folder (nothing is downloaded)")
-    layers = num_layers or AutoConfig.from_pretrained(path).num_hidden_layers
+    # bert-score's tuned layer for a known model (roberta-large: 17, as the published protocol used), else the last
+    layers = num_layers or model2layers.get(path.name) or AutoConfig.from_pretrained(path).num_hidden_layers
     pairs = [(i, p.strip(), r.strip()) for i, (p, r) in enumerate(zip(predictions, references))]
     scored = [(i, p, r) for i, p, r in pairs if p and r]  # an empty text has no token to match: F1 0
     out = [0.0] * len(pairs)

@@ -137,7 +137,9 @@ class LaMedSeg(LaMed):
         positions = (mask[rows].cumsum(dim=1) - 1).clamp(min=0)
         out = LaMed.forward(self, image[rows], ids[rows], mask[rows], position_ids=positions,
                             output_hidden_states=True)
-        states, found = seg_token_states(out["hidden_states"], ids[rows], self.seg_token_id, mask[rows])
+        # only [SEG] tokens of the answer count (a literal "[SEG]" typed into the question does not)
+        in_answer = torch.cat([torch.zeros_like(prompt_mask[rows]), answer_mask[rows]], dim=1)
+        states, found = seg_token_states(out["hidden_states"], ids[rows], self.seg_token_id, in_answer)
         probs[rows[found]] = torch.sigmoid(self._masks(image[rows[found]], states[found]).float())
         asked[rows[~found]] = False
         return probs, asked

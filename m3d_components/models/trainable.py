@@ -74,7 +74,8 @@ def _part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
 def set_trainable(model: nn.Module, parts: tuple[str, ...] | list[str]) -> nn.Module:
     """Freeze everything, then unfreeze the named ``parts`` of a :class:`~m3d_components.models.lamed.LaMed`.
 
-    ``parts`` ⊆ {vision, perceiver, embeddings, lm_head, llm, segmenter (module + ``[SEG]`` projector)}; LoRA adapters (if any) stay trainable.
+    ``parts`` ⊆ {vision, perceiver, embeddings, lm_head, llm, segmenter (module + ``[SEG]`` projector)}; LoRA
+    adapters (if any) stay trainable.
     """
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

@@ -23,6 +23,30 @@ def test_prediction_log_drops_a_cut_last_line_and_reports_done_ids(tmp_path):
     log.append([{"id": "cvqa:2", "x": 3}])
     assert [r["id"] for r in log.rows()] == ["cvqa:0", "cvqa:1", "cvqa:2"]
     assert all(json.loads(line) for line in log.path.read_text().splitlines())
+    with log.path.open("a") as handle:
+        handle.write('{"id": "cvqa:3"}')  # complete JSON, killed before its line end: still cut
+    assert log.done() == {"cvqa:0", "cvqa:1", "cvqa:2"}
+    log.append([{"id": "cvqa:3"}])
+    assert [r["id"] for r in log.rows()] == ["cvqa:0", "cvqa:1", "cvqa:2", "cvqa:3"]
+
+
+def test_answers_are_reused_only_for_the_same_settings(tmp_path):
+    from m3d_components.engines.bench import _check_manifest
+
+    settings = {"split": "test", "seed": 0, "weights_sha256": "ab", "overrides": {"pretrained_vit": None}}
+    _check_manifest(tmp_path, settings)
+    (tmp_path / "predictions.jsonl").write_text('{"id": "rg:0"}\n')
+    _check_manifest(tmp_path, dict(settings))  # same settings: fine
+    with pytest.raises(ValueError, match=r"other settings \(seed, weights_sha256 differ\)"):
+        _check_manifest(tmp_path, {**settings, "seed": 1, "weights_sha256": "cd"})
+
+
+def test_headline_keys_follow_the_pools_present():
+    from m3d_components.engines.bench import headline_keys
+
+    keys = headline_keys({"clip": {"itr/ir_r1@40": {}, "itr/tr_r1@40": {}, "itr/ir_r5@40": {}},
+                          "lamed": {"cvqa/acc": {}, "cvqa/acc_type1": {}}})
+    assert keys == ["itr/ir_r1@40", "itr/tr_r1@40", "cvqa/acc"]
 
 
 def test_task_scores_equal_direct_library_calls():
@@ -92,7 +116,8 @@ def test_tables_and_compare(tmp_path):
     ("The reference states 4 findings; 3 are in the report.\nScore: 75.", 0.75),
     ("**Score**: 85/100", 0.85), ("score = 8.5/10", 0.85), ("Overall about 72% of the findings.", 0.72),
     ("score: 40. On reflection, Score: 55.", 0.55), ("Score: 150", None), ("Three of four findings match.", None),
-    ("Findings 1, 2 and 3 are present: 60% and 20% partly.", None),
+    ("Findings 1, 2 and 3 are present: 60% and 20% partly.", None), ("Score: 1000.", None),
+    ("Final score: 0.85", 0.85),
 ])
 def test_judge_scores_are_read_tolerantly(reply, score):
     from m3d_components.metrics.judge import parse_judge_score

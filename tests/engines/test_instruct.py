@@ -79,6 +79,8 @@ def test_mask_scores_count_negatives_explicitly_and_match_monai():
     metric(probs[None] > 0.5, gt[None])
     assert scores["ss/dice"] == pytest.approx(float(metric.aggregate())) == pytest.approx(2 * 27 / (64 + 64))
     assert scores["ss/dice/0011/left_kidney"] == scores["ss/dice/0011"] == scores["ss/dice"]
+    odd = score_mask_sample("ss", probs, {"seg": gt, "dataset": "AMOS", "class_name": "Prostate/Uterus (F)"})
+    assert "ss/dice/amos/prostate_uterus_f" in odd  # one segment per name, MLflow-safe characters only
     assert scores["ss/soft_dice"] == pytest.approx(2 * 0.9 * 27 / (0.9 * 64 + 64 + 1))
     assert scores["ss/baseline_dice"] == pytest.approx(2 * 27 / (27 + 64)) and scores["ss/mask_rate"] == 1.0
     # no [SEG] for a present target: Dice 0; negatives: right only without a mask

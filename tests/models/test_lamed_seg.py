@@ -104,6 +104,9 @@ def test_segment_finds_the_state_before_seg_in_generated_answers(model):
         assert torch.allclose(alone[0], probs[i], atol=1e-5)
     none, asked = model.segment(image, ids["input_ids"], ids["attention_mask"], torch.full_like(new, eos), eos)
     assert not asked.any() and not none.any()
+    typed = tokenizer([IMAGE_TOKEN * N_IMAGE_TOKENS + f" Segment {SEG_TOKEN} the liver."] * 2, return_tensors="pt")
+    none, asked = model.segment(image, typed["input_ids"], typed["attention_mask"], torch.full_like(new, eos), eos)
+    assert not asked.any() and not none.any()  # a [SEG] typed into the question asks for nothing
     # the extra [SEG] after EOS in row 0 is ignored: same mask as without it
     cut = new.clone()
     cut[0, -1] = eos
