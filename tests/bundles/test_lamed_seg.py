@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import BUNDLES, bundle_run, checked_layout, eval_metrics, seg_dirs
+from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, seg_dirs
 
 BUNDLE = "lamed_seg"
 TRAIN = ["train.json", "demo.json"]
@@ -109,6 +109,24 @@ def test_image_only_entry_as_monai_label_runs_it(inference):
     out = inference.get_parsed_content("postprocessing")(data)
     assert tuple(out["pred"].shape[1:]) == nib.load(str(ITK_T1)).shape
     assert set(torch.unique(out["pred"]).tolist()) <= {0.0, 1.0}
+
+
+def test_two_process_gloo_training(demo_dir, clip_trained, lamed_trained, tmp_path, clean_mlflow_env):
+    """multi_gpu_train.json under torchrun (gloo on CPU): batches without a mask leave the segmenter unused, which
+    DDP must tolerate (find_unused_parameters)."""
+    import sys
+
+    import mlflow
+    from safetensors.torch import load_file
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    check(bundle_run(BUNDLE, [*TRAIN, "multi_gpu_train.json"], *_dirs(demo_dir, clip_trained, lamed_trained, tmp_path),
+                     "--samples_per_epoch", "64", "--val_samples_per_task", "4", launcher=launcher))
+    trained = load_file(str(tmp_path / "models" / "trained.safetensors"))
+    assert any(k.startswith("segmenter.") for k in trained) and any("lora_" in k for k in trained)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = client.search_runs(client.get_experiment_by_name(BUNDLE).experiment_id)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
 def test_clear_errors_before_any_training(demo_dir, clip_trained, tmp_path):
