@@ -28,7 +28,7 @@ from ignite.handlers import ProgressBar
 from scipy import stats
 
 from m3d_components.data.boxes import parse_boxes
-from m3d_components.engines.instruct import batch_row, has_box, json_value, sample_scores, score_sample
+from m3d_components.engines.instruct import has_box, prediction_row, score_sample
 from m3d_components.engines.tracking import experiment_name, mlflow_key, tracking_uri
 from m3d_components.metrics.boxes import enclosing_overlap
 from m3d_components.metrics.judge import judge_messages, parse_judge_score
@@ -108,8 +108,8 @@ class PredictionLog:
 
 
 class BenchWriter:
-    """Evaluator handler: one logged row per sample — its id, the reference fields, the answer and, for mask tasks,
-    the mask scores (masks are scored as they come and never stored).
+    """Evaluator handler: one logged row per sample — its id and :func:`~m3d_components.engines.instruct.prediction_row`
+    (reference fields, answer, scores; masks are scored as they come and never stored).
 
     Args:
         log: where rows go.
@@ -127,14 +127,8 @@ class BenchWriter:
     def __call__(self, engine: Engine) -> None:
         pred, target = engine.state.output["pred"], engine.state.output["label"]
         rows = []
-        for i, text in enumerate(pred["text"]):
-            sample = batch_row(target, i)
-            row = {k: json_value(v) for k, v in sample.items() if k != "seg"}
-            row.update(id=self.ids[self._next], bench_task=self.task, prediction=text)
-            if self.task in MASK_TASKS:
-                row["has_mask"] = bool(pred["has_mask"][i])
-                row["scores"] = sample_scores(pred, sample, i)
-            rows.append(row)
+        for i in range(len(pred["text"])):
+            rows.append({**prediction_row(pred, target, i), "id": self.ids[self._next], "bench_task": self.task})
             self._next += 1
         self.log.append(rows)
 
@@ -187,17 +181,17 @@ def bootstrap_summary(
     return summary
 
 
+def _cell(entry: dict[str, Any] | None) -> str:
+    return "" if entry is None else f"{entry['value']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+
+
 def markdown_table(summaries: dict[str, dict[str, dict[str, Any]]], metrics: Sequence[str] | None = None) -> str:
     """Metrics as rows, checkpoints as columns: ``value [low, high]``."""
     names = list(summaries)
     keys = metrics or sorted({k for s in summaries.values() for k in s if k.count("/") < 2 and "_type" not in k})
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
-        cells = []
-        for name in names:
-            entry = summaries[name].get(key)
-            low, high = entry["ci95"] if entry else (0.0, 0.0)
-            cells.append("" if entry is None else f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]")
+        cells = [_cell(summaries[name].get(key)) for name in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

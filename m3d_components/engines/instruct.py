@@ -42,6 +42,7 @@ __all__ = [
     "batch_row",
     "has_box",
     "json_value",
+    "prediction_row",
     "sample_scores",
     "score_mask_sample",
     "score_sample",
@@ -167,7 +168,8 @@ def score_mask_sample(
 
 
 def score_sample(task: str, prediction: str, target: dict[str, Any]) -> dict[str, float]:
-    """Per-sample text scores named ``<task>/<metric>`` (SPEC §6 names: ``cvqa``, ``ovqa``, ``rg``, ``rec``, ``reg``)."""
+    """Per-sample text-task scores named ``<task>/<metric>`` (SPEC §6 names: ``cvqa``, ``ovqa``, ``rg``, ``rec``,
+    ``reg``)."""
     if task == "vqa_closed":
         letter = target["answer_letter"]
         correct = float(strict_correct(prediction, letter, target.get("choices")))
@@ -315,14 +317,20 @@ class PredictionWriter:
     def _write(self, engine: Engine) -> None:
         pred, target = engine.state.output["pred"], engine.state.output["label"]
         with self._file().open("a", encoding="utf-8") as handle:
-            for i, text in enumerate(pred["text"]):
-                scores = sample_scores(pred, batch_row(target, i), i)
-                row = {k: json_value(v[i]) for k, v in target.items() if k not in MASK_KEYS}
-                row["prediction"] = text
-                if "has_mask" in pred:
-                    row["has_mask"] = bool(pred["has_mask"][i])
-                row["scores"] = scores
-                handle.write(json.dumps(row) + "\n")
+            for i in range(len(pred["text"])):
+                handle.write(json.dumps(prediction_row(pred, target, i)) + "\n")
+
+
+def prediction_row(pred: dict[str, Any], target: dict[str, Any], i: int) -> dict[str, Any]:
+    """Sample ``i`` as a JSON row: its reference fields (masks left out: they are scored, not stored), the answer,
+    whether a mask was drawn (LaMedSeg) and its scores."""
+    sample = batch_row(target, i)
+    row = {k: json_value(v) for k, v in sample.items() if k not in MASK_KEYS}
+    row["prediction"] = pred["text"][i]
+    if "has_mask" in pred:
+        row["has_mask"] = bool(pred["has_mask"][i])
+    row["scores"] = sample_scores(pred, sample, i)
+    return row
 
 
 def json_value(value: Any) -> Any:

@@ -95,7 +95,7 @@ def test_mask_of_a_nifti_is_on_its_own_grid(inference, demo_dir, tmp_path):
     assert Path(answer["mask"]["png"]).is_file()
     refused = answer_question(network, tokenizer, scan, "Can you segment the brain in this image?",
                               tmp_path / "brain", inference["image_size"])
-    assert refused["mask"] is None or refused["mask"]["voxels"] >= 0  # answered either way, no crash
+    assert (refused["mask"] is None) == ("[SEG]" not in refused["answer"])  # a mask exactly when one is asked for
 
 
 @pytest.mark.skipif(not ITK_T1.is_file(), reason="Debian package insighttoolkit5-examples not installed")
