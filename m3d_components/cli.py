@@ -214,6 +214,24 @@ class M3DCommand:
         print(compare_runs(store, out, experiment, names))
         print(f"written: {Path(out).with_suffix('.md')}, {Path(out).with_suffix('.png')}")
 
+    def bench_speed(self, stages: str = "clip,lamed,seg,generate", scale: str = "tiny", steps: int = 10,
+                    warmup: int = 2, json_out: str | None = None):
+        """Time the training and generation steps, optimized against the reference-style configuration in the same
+        process (samples/s, step time, peak memory, MFU on a GPU); prints a Markdown table.
+
+        Args:
+            stages: comma-separated, some of clip, lamed, seg, generate.
+            scale: tiny (the demo sizes, for a CPU) or paper (the paper's sizes; needs a large GPU).
+            steps: timed steps per configuration (median and p10/p90 reported).
+            warmup: untimed steps first.
+            json_out: also write the figures, versions, device and command here.
+        """
+        from m3d_components.engines.speed import main as speed_main
+
+        names = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else list(stages)
+        argv = ["--stages", *names, "--scale", scale, "--steps", str(steps), "--warmup", str(warmup)]
+        speed_main([*argv, *(["--json", json_out] if json_out else [])])
+
     def merge_lora(self, out: str, bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
                    **overrides):
         """Merge a stage-2 LoRA checkpoint into its LLM and write a plain Hugging Face folder (+ vision weights).

@@ -6,6 +6,7 @@ from m3d_components.engines import (
     checkpoint,
     collate,
     demo,
+    distributed,
     embeddings,
     infer,
     instruct,
@@ -16,6 +17,7 @@ from m3d_components.engines import (
     reports,
     retrieval,
     settings,
+    speed,
     tracking,
 )
 
@@ -25,6 +27,7 @@ __all__ = [
     "checkpoint",
     "collate",
     "demo",
+    "distributed",
     "embeddings",
     "infer",
     "instruct",
@@ -35,5 +38,6 @@ __all__ = [
     "reports",
     "retrieval",
     "settings",
+    "speed",
     "tracking",
 ]

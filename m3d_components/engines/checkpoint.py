@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from safetensors.torch import load_file, save_file
@@ -147,7 +148,8 @@ class WeightsExporter:
     records ``state.best_metric_epoch``), or to the trainer for a final export at ``Events.COMPLETED``.
 
     Args:
-        model: the network (DDP-wrapped is fine).
+        model: the network (DDP-wrapped is fine; FSDP-sharded with ``trained_only``, in which case attach it on
+            every rank: the shards are gathered by all, the file written by rank 0).
         path: the output ``.safetensors`` file.
         submodule: attribute path of the part to export, e.g. ``"vision_encoder"``; None exports the whole model.
         best_only: on the evaluator, save only when this epoch set a new best key metric.
@@ -177,5 +179,7 @@ class WeightsExporter:
         if self.best_only and getattr(engine.state, "best_metric_epoch", None) != engine.state.epoch:
             return
         module = self.module()
-        save_safetensors(trained_state_dict(module) if self.trained_only else module.state_dict(), self.path)
-        logger.info("saved %s weights to %s", self.submodule or "model", self.path)
+        state = trained_state_dict(module) if self.trained_only else module.state_dict()  # FSDP: gathered on all ranks
+        if idist.get_rank() == 0:
+            save_safetensors(state, self.path)
+            logger.info("saved %s weights to %s", self.submodule or "model", self.path)

@@ -21,7 +21,6 @@ from m3d_components.data import prompts
 from m3d_components.data.boxes import mask_to_box, normalize_box
 from m3d_components.data.masks import load_class_mask
 from m3d_components.data.prompts import CAPTION_QUESTIONS, TEMPLATE_FAMILIES
-from m3d_components.data.report import shorten_report
 from m3d_components.data.seg import read_seg_split, read_term_dictionary
 from m3d_components.data.vqa import read_vqa_csv
 from m3d_components.models.tiny import (
@@ -106,70 +105,100 @@ def demo_instruction_texts(data_dir: str | os.PathLike) -> list[str]:
     return texts
 
 
+def case_summary(attributes: dict) -> str:
+    """What a demo case shows, written with the very words its answers use (``"Sagittal. Portal venous. Upper
+    abdomen: Liver, Spleen, Aorta, Gallbladder. Hypodense lesion: Spleen, Left side, lower part."``): the context of
+    the tiny LLM's pre-training documents, standing where LaMed later puts the image tokens."""
+    lesion = attributes["lesion"]
+    finding = "No focal lesion" if lesion is None else (
+        f"{lesion['density'].capitalize()} lesion: {lesion['organ'].capitalize()}, "
+        f"{lesion['side'].capitalize()} side, {lesion['part']} part")
+    organs = ", ".join(organ.capitalize() for organ in attributes["organs"])
+    return (f"{attributes['plane'].capitalize()}. {attributes['phase'].capitalize()}. "
+            f"{attributes['region'].capitalize()}: {organs}. {finding}.")
+
+
 def demo_pretraining_texts(
-    data_dir: str | os.PathLike, max_words: int = 30, max_records: int = 1000, seed: int = 0
+    data_dir: str | os.PathLike, max_words: int = 30, seed: int = 0
 ) -> list[str]:
     """Text-only documents that give the tiny demo LLM the skills a real pre-trained LLM brings to LaMed.
 
-    Each training VQA row becomes ``"<answer>. <question> Choices: A. … D. …" + " B. Sagittal"`` (three times) and the
-    open form ``"<answer>. <question>" + " Sagittal"``: the model learns the answer formats and to pick the option
-    that matches what it was told — the multiple-choice skill every instruction-tuned LLM has, which a two-layer model
-    would otherwise need thousands of steps to find. Caption requests answered by (shortened) reports add the
-    report language, and REC/REG pairs of organs in the first ``max_records`` training masks the box format. Only
-    training-split text is used, and no image: telling the LLM the answer from the *image* is what LaMed must learn,
-    so an image-free LaMed stays at chance.
+    Every document is ``"<case summary> <question> <answer>"`` for one training case: the summary
+    (:func:`case_summary`) says what the case shows, and the question is one of the case's VQA rows (closed and open),
+    a report request answered by its (shortened) report, or a REC / REG / segmentation request for each class (named,
+    or described by a term-dictionary definition), answered with the box, ``[SEG]`` or a refusal depending on
+    whether the summary lists it. The model thus learns reading comprehension —
+    answering from what it was told, picking the option that matches it, refusing what is not there — the skill every
+    instruction-tuned LLM has and a two-layer model would otherwise need thousands of LaMed steps to find. LaMed puts
+    the image tokens where the summary stood; learning to tell the LLM the summary *from the image* is its job, so an
+    image-free LaMed stays at chance. Only training-split text and masks are used.
     """
     data_dir = Path(data_dir)
     rng = random.Random(seed)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    attributes = json.loads((data_dir / manifest["files"]["attributes"]).read_text())
+    context = {str((data_dir / a["image"]).resolve()): case_summary(a) for a in attributes.values()}
     texts = []
-    for report in demo_report_texts(data_dir):
-        question, answer = prompts.caption_example(shorten_report(report, max_words), rng)
-        texts.append(f"{question} {answer}")
+    for record in read_cap_split(data_dir / manifest["files"]["cap"], "train", data_dir):
+        question, answer = prompts.caption_example(load_report(record["text_path"], max_words), rng)
+        texts.append(f"{context[str(Path(record['image']).resolve())]} {question} {answer}")
     for row in read_vqa_csv(data_dir / "M3D_VQA_train.csv", data_dir, check_files=False):
-        hint = row["answer_text"]
+        summary = context[str(Path(row["image"]).resolve())]
         choices = {c: row[f"choice_{c}"] for c in prompts.CHOICE_LETTERS}
         question, answer = prompts.closed_vqa_example(row["vqa_question"], choices, row["answer_letter"])
-        texts += [f"{hint}. {question} {answer}"] * 3
-        question, answer = prompts.open_vqa_example(row["vqa_question"], hint)
-        texts.append(f"{hint}. {question} {answer}")
-    texts += _box_texts(data_dir, rng, max_records)
-    return texts
-
-
-def _box_texts(data_dir: Path, rng: random.Random, max_records: int) -> list[str]:
-    """REC and REG pairs of the organs present in the first ``max_records`` training masks: the box format and
-    where each organ usually lies (absent organs are left to LaMed, which must see them missing)."""
-    manifest = json.loads((data_dir / "manifest.json").read_text())
-    texts = []
-    for record in read_seg_split(data_dir / manifest["files"]["seg"], "train", data_dir)[:max_records]:
+        texts += [f"{summary} {question} {answer}"] * 2
+        question, answer = prompts.open_vqa_example(row["vqa_question"], row["answer_text"])
+        texts.append(f"{summary} {question} {answer}")
+    definitions = read_term_dictionary(data_dir / "M3D_Seg" / "term_dictionary.json")
+    for record in read_seg_split(data_dir / manifest["files"]["seg"], "train", data_dir):
+        summary = context[str(Path(record["image"]).resolve())]
         mask = load_class_mask(record["label"], (1, *manifest["size"]))
         box = mask_to_box(mask)
-        if box is None:
-            continue
-        for example in (prompts.rec_example, prompts.reg_example):
-            question, answer = example(record["class_name"], normalize_box(box, mask.shape[1:]), rng)
-            texts.append(f"{question} {answer}")
+        name = record["class_name"]
+        definition = rng.choice(definitions[name]) if name in definitions and rng.random() < 0.5 else None
+        kind = rng.choice(("rec", "reg", "seg"))
+        if kind == "seg":
+            question, answer = prompts.seg_example(name, box is not None, rng, definition, answer_variants=1)
+        else:
+            example = prompts.rec_example if kind == "rec" else prompts.reg_example
+            question, answer = example(name, None if box is None else normalize_box(box, mask.shape[1:]), rng,
+                                       definition, answer_variants=1)
+        texts.append(f"{summary} {question} {answer}")
     return texts
+
+
+# Bump when demo_pretraining_texts or the pre-training changes, so that an older demo LLM on disk is made again.
+PRETRAINING_RECIPE = 2
 
 
 def ensure_demo_llm(
     data_dir: str | os.PathLike, model_dir: str | os.PathLike, family: str = "llama", vocab_size: int = 2000,
-    pretrain_steps: int = 1200, **sizes
+    pretrain_steps: int = 3000, **sizes
 ) -> str:
-    """A tiny causal LM of ``family`` with a BPE tokenizer trained on the demo text, saved in ``model_dir`` (made once).
+    """A tiny causal LM of ``family`` with a BPE tokenizer trained on the demo text, saved in ``model_dir``.
 
     It is pre-trained for ``pretrain_steps`` on :func:`demo_pretraining_texts` so that, like a real LLM, it arrives
-    with language, the answer formats and multiple-choice answering; 0 leaves it randomly initialised.
+    with language, the answer formats and reading comprehension; 0 leaves it randomly initialised. Made once: a
+    folder made with the same settings (recorded in ``m3d_demo_llm.json``) is reused, one made otherwise is replaced.
+    A two-layer model learns to answer from its context only after a sudden change somewhere past 1000 steps
+    (measured on the test split's closed VQA, answered from the case summary: 0.43 after 1000 steps and 0.81 after
+    2000 and 3000 of one 3000-step run; 0.60 after a run scheduled for 2000), hence the default.
     """
     model_dir = Path(model_dir).resolve()
+    settings = {"recipe": PRETRAINING_RECIPE, "family": family, "vocab_size": vocab_size,
+                "pretrain_steps": pretrain_steps, "sizes": sizes}
+    record = model_dir / "m3d_demo_llm.json"
     if (model_dir / "config.json").is_file():
-        return str(model_dir)
+        if record.is_file() and json.loads(record.read_text()) == settings:
+            return str(model_dir)
+        logger.info("the demo LLM in %s was made with other settings; making it again", model_dir)
     tokenizer_dir = model_dir.parent / (model_dir.name + "_tokenizer")
     train_bpe_tokenizer(demo_instruction_texts(data_dir), tokenizer_dir, vocab_size=vocab_size)
     staging = model_dir.parent / (model_dir.name + ".partial")
     make_tiny_causal_lm(family, tokenizer_dir, staging, **sizes)
     if pretrain_steps > 0:
         pretrain_causal_lm(staging, demo_pretraining_texts(data_dir), pretrain_steps)
+    (staging / record.name).write_text(json.dumps(settings, indent=1) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)
     logger.info("made the demo %s LLM in %s", family, model_dir)

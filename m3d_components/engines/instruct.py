@@ -90,12 +90,15 @@ class GenerationInferer:
         masks: the network is a :class:`~m3d_components.models.lamed_seg.LaMedSeg`: also return ``mask_probs``
             (B, 1, D, H, W) and ``has_mask`` (B,) for the answers that hold ``[SEG]``, and include the mask losses
             in the loss when the batch carries target masks (``seg``).
+        synced: keep decoding until every rank's batch has ended (Hugging Face's ``synced_gpus``), as FSDP needs:
+            each decoding step gathers the sharded weights on all ranks at once.
     """
 
-    def __init__(self, tokenizer, max_new_tokens: int = 256, masks: bool = False) -> None:
+    def __init__(self, tokenizer, max_new_tokens: int = 256, masks: bool = False, synced: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.masks = masks
+        self.synced = synced
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, **batch: torch.Tensor) -> dict[str, Any]:
         model = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
@@ -106,7 +109,8 @@ class GenerationInferer:
             out["loss"] = loss.detach()
         eos = self.tokenizer.eos_token_id
         tokens = model.generate(
-            inputs, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens, eos_token_id=eos
+            inputs, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens, eos_token_id=eos,
+            **({"synced_gpus": True} if self.synced else {}),
         )
         out["text"] = [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         if self.masks:

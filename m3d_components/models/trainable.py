@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 __all__ = [
     "LoRASettings",
@@ -101,12 +102,16 @@ def canonical_name(name: str) -> str:
 
 
 def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable tensors under canonical names; a tied tensor (shared input/output embedding) appears once."""
+    """The trainable tensors under canonical names; a tied tensor (shared input/output embedding) appears once.
+
+    Under FSDP the parameters are shards (DTensors): each is gathered whole, a collective that every rank must call.
+    """
     state, seen = {}, set()
     for name, param in model.named_parameters():
         if param.requires_grad and id(param) not in seen:
             seen.add(id(param))
-            state[canonical_name(name)] = param.detach()
+            value = param.detach()
+            state[canonical_name(name)] = value.full_tensor() if isinstance(value, DTensor) else value
     return state
 
 
@@ -137,7 +142,11 @@ def load_trained_state(
         )
     with torch.no_grad():
         for key, value in state.items():
-            params[key].copy_(value.to(params[key].dtype))
+            param = params[key]
+            value = value.to(device=param.device, dtype=param.dtype)
+            if isinstance(param, DTensor):  # an FSDP shard: keep this rank's part of the whole tensor
+                value = distribute_tensor(value, param.device_mesh, param.placements)
+            param.copy_(value)
     logger.info("loaded %d trained tensors", len(state))
     return sorted(state)
 

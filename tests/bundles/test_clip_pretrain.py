@@ -131,6 +131,7 @@ def test_two_process_gloo_training(demo_dir, tmp_path, monkeypatch_module):
     result = bundle_run("clip_pretrain", [*TRAIN, "multi_gpu_train.json"], *_dirs(demo_dir, tmp_path),
                         "--train#records", SUBSET.format(n=128), "--epochs", "1", launcher=launcher)
     check(result)
+    assert "replicas in sync" in result.stdout  # ReplicaSyncCheck compared both ranks' weights at the end
     assert (tmp_path / "models" / "model.safetensors").is_file()
     runs = _finished_runs(tmp_path / "eval")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 logs nothing

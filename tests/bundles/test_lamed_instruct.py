@@ -44,14 +44,15 @@ def _metrics(trained: Path) -> dict:
 
 
 def test_demo_uses_the_image(trained):
-    """What the 6-minute CPU demo reaches (issue 4 asks for more: closed VQA >= 0.6, REC above the average box)."""
+    """Issue 4's acceptance on the CPU demo (measured 0.643 / 1.000 / 0.545 against 0.209 / 0.260 / 0 for the
+    image-free control; docs/performance.md); the closed-VQA bound leaves a little room for other CPUs' rounding."""
     m = _metrics(trained)
-    # chance over the demo's closed questions is about 0.29 (answer prior), the control shows ~0.26
-    assert m["cvqa/acc"] >= m["control/cvqa/acc"] + 0.15, m
+    assert m["cvqa/acc"] >= 0.58 and m["cvqa/acc"] >= m["control/cvqa/acc"] + 0.2, m
     assert m["cvqa/acc_type1"] >= 0.9 and m["control/cvqa/acc_type1"] <= 0.45, m  # imaging plane: 3 answers
-    assert m["cvqa/acc_type3"] >= m["control/cvqa/acc_type3"] + 0.1, m  # organs in view
+    assert m["cvqa/acc_type3"] >= m["control/cvqa/acc_type3"] + 0.3, m  # organs in view
     assert m["rg/bleu"] > m["control/rg/bleu"] + 0.2 and m["ovqa/bleu"] > m["control/ovqa/bleu"] + 0.2, m
-    assert m["rec/neg_acc"] >= 0.9, m  # absent organs are refused, not boxed
+    assert m["rec/acc@0.2"] >= m["rec/baseline_acc@0.2"] + 0.2, m  # boxes, far above the training-average box
+    assert m["rec/neg_acc"] >= 0.85, m  # absent organs are refused, not boxed
     assert (trained / "timing.json").is_file()
 
 
@@ -166,11 +167,32 @@ def test_killed_run_resumes(demo_dir, clip_trained, tmp_path, clean_mlflow_env):
 
 
 def test_two_process_gloo_training(demo_dir, clip_trained, tmp_path, clean_mlflow_env):
+    """DDP (multi_gpu_train.json) on stage 1 under torchrun: replicas checked equal at the end, one MLflow run."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = bundle_run(BUNDLE, [*TRAIN, "multi_gpu_train.json"], *_dirs(demo_dir, clip_trained, tmp_path),
                         "--stage", "1", *SMALL, "--batch_size", "4", "--gradient_accumulation", "2", launcher=launcher)
     check(result)
+    assert "replicas in sync" in result.stdout
     assert (tmp_path / "models" / "stage1" / "trained.safetensors").is_file()
+    runs = _runs(tmp_path / "eval")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_two_process_fsdp_stage2(trained, demo_dir, clip_trained, tmp_path, clean_mlflow_env):
+    """fsdp_train.json on stage 2 (LoRA): each rank holds half of every layer, validation generates in step on both
+    ranks, and the export gathers whole tensors — it loads into an unsharded model."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    stage1 = trained / "models" / "stage1" / "trained.safetensors"
+    result = bundle_run(BUNDLE, [*TRAIN, "multi_gpu_train.json", "fsdp_train.json"],
+                        *_dirs(demo_dir, clip_trained, tmp_path), "--stage", "2", "--init_weights", str(stage1),
+                        *SMALL, "--batch_size", "4", launcher=launcher)
+    check(result)
+    assert "replicas in sync" in result.stdout
+    exported = load_file(str(tmp_path / "models" / "stage2" / "trained.safetensors"))
+    reference = load_file(str(trained / "models" / "stage2" / "trained.safetensors"))
+    assert exported.keys() == reference.keys() and any("lora_B" in k for k in exported)
+    assert all(exported[k].shape == reference[k].shape for k in exported)  # whole tensors, not one rank's shard
+    assert not list((tmp_path / "models" / "stage2").glob("resume_*.pt"))  # no resume checkpoint under FSDP
     runs = _runs(tmp_path / "eval")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 

@@ -26,7 +26,8 @@ def _dirs(demo_dir: Path, clip: Path, lamed: Path, out: Path) -> list[str]:
 
 def test_demo_segments_from_text_and_uses_the_image(seg_trained):
     """What the ~4-minute CPU demo reaches (issue 5 asks for more: ss/res Dice >= 0.6): masks follow the text and
-    the image — far above the same model with images replaced by zeros — and absent organs are mostly refused."""
+    the image — far above the same model with images replaced by zeros and above the training-average mask — and
+    absent organs are mostly refused (measured: ss/res Dice 0.334 / 0.387, baselines 0.200 / 0.216)."""
     m = eval_metrics(seg_trained / "eval" / "test")
     assert m["refseg/dice"] >= m["control/refseg/dice"] + 0.2, m
     for task in ("ss", "res"):
@@ -35,6 +36,7 @@ def test_demo_segments_from_text_and_uses_the_image(seg_trained):
         assert 0.0 <= m[f"{task}/baseline_dice"] <= 1.0 and f"{task}/dice/demo/lesion" in m, m
         assert m[f"{task}/soft_dice"] <= m[f"{task}/dice"] + 0.05, m  # the published soft score, for parity
     assert m["ss/dice"] >= m["control/ss/dice"] + 0.05, m
+    assert m["ss/dice"] >= m["ss/baseline_dice"] + 0.08 and m["res/dice"] >= m["res/baseline_dice"] + 0.08, m
 
 
 def test_predictions_record_masks_without_writing_them(seg_trained):
@@ -120,8 +122,10 @@ def test_two_process_gloo_training(demo_dir, clip_trained, lamed_trained, tmp_pa
     from safetensors.torch import load_file
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    check(bundle_run(BUNDLE, [*TRAIN, "multi_gpu_train.json"], *_dirs(demo_dir, clip_trained, lamed_trained, tmp_path),
-                     "--samples_per_epoch", "64", "--val_samples_per_task", "4", launcher=launcher))
+    result = bundle_run(BUNDLE, [*TRAIN, "multi_gpu_train.json"], *_dirs(demo_dir, clip_trained, lamed_trained, tmp_path),
+                        "--samples_per_epoch", "64", "--val_samples_per_task", "4", launcher=launcher)
+    check(result)
+    assert "replicas in sync" in result.stdout  # ReplicaSyncCheck compared both ranks' weights at the end
     trained = load_file(str(tmp_path / "models" / "trained.safetensors"))
     assert any(k.startswith("segmenter.") for k in trained) and any("lora_" in k for k in trained)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")

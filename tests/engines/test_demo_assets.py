@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +24,46 @@ def test_a_corpus_made_with_other_settings_is_refused(tmp_path, change):
     _manifest(tmp_path / "demo", **change)
     with pytest.raises(ValueError, match="choose another folder or delete it"):
         ensure_demo_data(tmp_path / "demo")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    from m3d_components.data.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("corpus")
+    make_demo_data(out, n_train=6, n_val=2, n_test=3)
+    return out
+
+
+def test_pretraining_documents_answer_from_the_case_summary_of_training_cases_only(small_corpus):
+    """Each document is "<summary of a training case> <question> <answer>", and the answer follows from the summary:
+    the closed-VQA option is written in it, and a class it does not list is refused — so the tiny LLM learns
+    to answer from its context, which LaMed then replaces with image tokens."""
+    from m3d_components.data.prompts import SEG_TOKEN
+    from m3d_components.engines.demo import case_summary, demo_pretraining_texts
+
+    attributes = json.loads((small_corpus / "demo_attributes.json").read_text())
+    summaries = {split: {case_summary(a) for a in attributes.values() if a["split"] == split}
+                 for split in ("train", "validation", "test")}
+    texts = demo_pretraining_texts(small_corpus)
+    contexts = [next((s for s in summaries["train"] if t.startswith(s + " ")), None) for t in texts]
+    assert all(contexts), [t for t, c in zip(texts, contexts) if c is None][:3]
+    assert len(set(contexts)) == 6
+    assert not any(t.startswith(s) for t in texts for s in summaries["validation"] | summaries["test"])
+    closed = [(c, t) for c, t in zip(contexts, texts) if " Choices: A. " in t]
+    assert closed and all(t.rsplit(". ", 1)[-1] in c for c, t in closed)
+    refusals = [(c, t) for c, t in zip(contexts, texts) if "Sorry" in t or " not " in t]
+    assert refusals and all("[" not in t[len(c):] for c, t in refusals)  # no box and no [SEG] for absent classes
+    assert any(SEG_TOKEN in t for t in texts) and any("[0." in t for t in texts)
+
+
+def test_demo_llm_is_reused_only_when_made_with_the_same_settings(small_corpus, tmp_path):
+    from m3d_components.engines.demo import ensure_demo_llm
+
+    sizes = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2, "intermediate_size": 64}
+    path = Path(ensure_demo_llm(small_corpus, tmp_path / "llm", vocab_size=400, pretrain_steps=2, **sizes))
+    made = (path / "config.json").stat().st_mtime_ns
+    assert ensure_demo_llm(small_corpus, tmp_path / "llm", vocab_size=400, pretrain_steps=2, **sizes) == str(path)
+    assert (path / "config.json").stat().st_mtime_ns == made
+    ensure_demo_llm(small_corpus, tmp_path / "llm", vocab_size=400, pretrain_steps=3, **sizes)
+    assert json.loads((path / "m3d_demo_llm.json").read_text())["pretrain_steps"] == 3
