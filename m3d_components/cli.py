@@ -220,7 +220,7 @@ class M3DCommand:
         process (samples/s, step time, peak memory, MFU on a GPU); prints a Markdown table.
 
         Args:
-            stages: comma-separated, some of clip, lamed, seg, generate.
+            stages: comma-separated, some of clip, lamed, seg, generate, loader (volumes/s through the augmentation).
             scale: tiny (the demo sizes, for a CPU) or paper (the paper's sizes; needs a large GPU).
             steps: timed steps per configuration (median and p10/p90 reported).
             warmup: untimed steps first.

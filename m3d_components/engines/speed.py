@@ -646,7 +646,8 @@ def loader_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
             batches = _endless(loader)
             row = harness.measure(name, LOADER_BATCH, lambda _: ((lambda: next(batches)), 0.0))
             per_worker = row["samples_per_s"] / max(count, 1)
-            row.update(note=f"{dtype} .npy, {count or 'no'} workers, {per_worker:.1f} volumes/s per process",
+            processes = "main process" if count == 0 else f"{count} worker{'s' * (count > 1)}"
+            row.update(note=f"{dtype} .npy, {processes}, {per_worker:.1f} volumes/s per process",
                        flops_per_step=None, mfu=None)
             rows.append(row)
     return rows

@@ -128,5 +128,5 @@ def test_loader_stage_reads_every_cache_dtype_through_the_augmentation():
     rows = bench.run_benchmark(["loader"], "tiny", steps=2, warmup=1)
     assert [r["configuration"] for r in rows] == ["reference", "float32 cache", "float16 cache", "uint8 cache"]
     assert all(r["status"] == "ok" and r["samples_per_s"] > 0 and r["batch"] == 8 for r in rows)
-    assert "no workers" in rows[0]["note"] and "volumes/s per process" in rows[-1]["note"]
+    assert "main process" in rows[0]["note"] and "volumes/s per process" in rows[-1]["note"]
     assert rows[0]["ratio"] == 1.0 and rows[0]["mfu"] is None
