@@ -25,18 +25,18 @@ def _dirs(demo_dir: Path, clip: Path, lamed: Path, out: Path) -> list[str]:
 
 
 def test_demo_segments_from_text_and_uses_the_image(seg_trained):
-    """What the ~4-minute CPU demo reaches (issue 5 asks for more: ss/res Dice >= 0.6): masks follow the text and
-    the image — far above the same model with images replaced by zeros and above the training-average mask — and
-    absent organs are mostly refused (measured: ss/res Dice 0.334 / 0.387, baselines 0.200 / 0.216)."""
+    """Issue 5's acceptance on the CPU demo (measured: ss / res Dice 0.614 / 0.613 against 0.028 / 0.036 for the
+    image-free control and 0.200 / 0.216 for the training-average mask; docs/performance.md); the Dice bound leaves a
+    little room for other CPUs' rounding. Masks follow the text and the image, and absent organs are refused."""
     m = eval_metrics(seg_trained / "eval" / "test")
-    assert m["refseg/dice"] >= m["control/refseg/dice"] + 0.2, m
+    assert m["refseg/dice"] >= m["control/refseg/dice"] + 0.3, m
     for task in ("ss", "res"):
-        assert m[f"{task}/dice_all"] >= m[f"control/{task}/dice_all"] + 0.05, m
-        assert m[f"{task}/neg_acc"] >= 0.7, m  # a refusal, not a mask, for an absent organ
-        assert 0.0 <= m[f"{task}/baseline_dice"] <= 1.0 and f"{task}/dice/demo/lesion" in m, m
+        assert m[f"{task}/dice"] >= 0.57 and m[f"{task}/dice"] >= m[f"{task}/baseline_dice"] + 0.3, m
+        assert m[f"{task}/dice"] >= m[f"control/{task}/dice"] + 0.4, m
+        assert m[f"{task}/mask_rate"] >= 0.85 and m[f"{task}/neg_acc"] >= 0.85, m  # a refusal only when absent
+        assert m[f"{task}/dice_all"] >= m[f"control/{task}/dice_all"] + 0.2, m
+        assert f"{task}/dice/demo/lesion" in m, m
         assert m[f"{task}/soft_dice"] <= m[f"{task}/dice"] + 0.05, m  # the published soft score, for parity
-    assert m["ss/dice"] >= m["control/ss/dice"] + 0.05, m
-    assert m["ss/dice"] >= m["ss/baseline_dice"] + 0.08 and m["res/dice"] >= m["res/baseline_dice"] + 0.08, m
 
 
 def test_predictions_record_masks_without_writing_them(seg_trained):

@@ -1,7 +1,11 @@
+import inspect
+import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from m3d_components.engines.demo import ensure_demo_data
 
@@ -66,4 +70,86 @@ def test_demo_llm_is_reused_only_when_made_with_the_same_settings(small_corpus, 
     assert ensure_demo_llm(small_corpus, tmp_path / "llm", vocab_size=400, pretrain_steps=2, **sizes) == str(path)
     assert (path / "config.json").stat().st_mtime_ns == made
     ensure_demo_llm(small_corpus, tmp_path / "llm", vocab_size=400, pretrain_steps=3, **sizes)
-    assert json.loads((path / "m3d_demo_llm.json").read_text())["pretrain_steps"] == 3
+    assert json.loads((path / "m3d_demo_model.json").read_text())["pretrain_steps"] == 3
+
+
+def _default_manifest(folder):
+    """The manifest fields of the corpus ``make_demo_data`` writes with its defaults (without writing the corpus)."""
+    from m3d_components.data.demo import make_demo_data
+    from m3d_components.data.demo.corpus import GENERATOR_VERSION
+
+    defaults = {k: p.default for k, p in inspect.signature(make_demo_data).parameters.items()}
+    _manifest(folder, generator="m3d_components.data.demo", version=GENERATOR_VERSION, seed=defaults["seed"],
+              size=list(defaults["size"]),
+              splits={"train": defaults["n_train"], "validation": defaults["n_val"], "test": defaults["n_test"]})
+
+
+def test_shipped_demo_llm_matches_the_current_recipe_on_the_default_corpus(tmp_path):
+    """The demo LLM shipped with the package is used only while its record equals what ``ensure_demo_llm`` would make
+    with its defaults on the default corpus; a change to the recipe or the corpus generator must come with
+    ``python tools/make_demo_models.py``, or every fresh demo silently pays the pre-training again."""
+    from m3d_components.engines.demo import SHIPPED_DEMO_LLM, demo_llm_settings
+
+    _default_manifest(tmp_path)
+    assert json.loads((SHIPPED_DEMO_LLM / "m3d_demo_model.json").read_text()) == demo_llm_settings(tmp_path)
+    assert {p.name for p in SHIPPED_DEMO_LLM.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+
+
+def _tiny_segmenter_config():
+    from m3d_components.models.segmentation import SegmenterConfig
+    from m3d_components.models.vision import ViTConfig
+
+    vit = ViTConfig(img_size=(32, 64, 64), patch_size=(8, 16, 16), hidden_size=16, mlp_dim=32, num_layers=1,
+                    num_heads=2, cls_token=False, input_mean=0.29, input_std=0.2)
+    return SegmenterConfig(vit=vit, depth=1, num_heads=2, mlp_dim=32)
+
+
+def test_pretrained_segmenter_follows_its_class_prompt(small_corpus):
+    """After class-prompted pre-training the mask depends on the prompt: each class's own prompt overlaps its
+    training mask better than the prompt of another class present in the same scan does."""
+    from m3d_components.data.masks import load_class_mask
+    from m3d_components.data.seg import read_seg_split
+    from m3d_components.data.volume import load_volume
+    from m3d_components.engines.seg_pretrain import pretrain_segmenter
+    from m3d_components.metrics.masks import hard_dice
+    from m3d_components.models.segmentation import PromptableSegmenter
+
+    manifest = json.loads((small_corpus / "manifest.json").read_text())
+    records = read_seg_split(small_corpus / manifest["files"]["seg"], "train", small_corpus)
+    segmenter = PromptableSegmenter(_tiny_segmenter_config())
+    prompts = pretrain_segmenter(segmenter, records, steps=200, batch_size=4, learning_rate=1e-2)
+    own, other = [], []
+    for image, group in itertools.groupby(records, key=lambda r: r["image"]):
+        present = [r for r in group if load_class_mask(r["label"], (1, 32, 64, 64)).any()]
+        volume = torch.from_numpy(load_volume(image))[None]
+        for record, swapped in zip(present, present[1:] + present[:1]):
+            target = torch.from_numpy(load_class_mask(record["label"], (1, 32, 64, 64)))[None]
+            with torch.no_grad():
+                for prompt, scores in ((prompts[record["class_name"]], own), (prompts[swapped["class_name"]], other)):
+                    scores.append(float(hard_dice(segmenter(volume, prompt[None]) > 0, target)[0]))
+    assert len(own) >= 12 and np.mean(own) > np.mean(other) + 0.1, (np.mean(own), np.mean(other))  # 0.29 vs 0.12
+
+
+def test_demo_segmenter_is_reused_only_when_made_with_the_same_settings(small_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from m3d_components.engines.demo import ensure_demo_segmenter
+    from m3d_components.models.segmentation import PromptableSegmenter
+
+    config = _tiny_segmenter_config()
+    path = Path(ensure_demo_segmenter(small_corpus, tmp_path / "seg", config, steps=2))
+    made = path.stat().st_mtime_ns
+    assert ensure_demo_segmenter(small_corpus, tmp_path / "seg", config, steps=2) == str(path)
+    assert path.stat().st_mtime_ns == made
+    ensure_demo_segmenter(small_corpus, tmp_path / "seg", config, steps=3)
+    assert json.loads((path.parent / "m3d_demo_model.json").read_text())["steps"] == 3
+    assert set(load_file(path)) == set(PromptableSegmenter(config).state_dict())
+
+
+def test_shipped_demo_segmenter_matches_lamed_seg_demo_on_the_default_corpus(tmp_path):
+    from m3d_components.engines.demo import SHIPPED_DEMO_SEGMENTER, demo_segmenter_config, demo_segmenter_settings
+
+    _default_manifest(tmp_path)
+    settings = json.loads((SHIPPED_DEMO_SEGMENTER / "m3d_demo_model.json").read_text())
+    assert settings == json.loads(json.dumps(demo_segmenter_settings(tmp_path, demo_segmenter_config())))
+    assert (SHIPPED_DEMO_SEGMENTER / "segmenter.safetensors").is_file()

@@ -19,6 +19,7 @@ from m3d_components.models.tiny import (
     WORDPIECE_SPECIAL_TOKENS,
     make_tiny_causal_lm,
     make_tiny_text_encoder,
+    pack_documents,
     train_bpe_tokenizer,
     train_wordpiece_tokenizer,
 )
@@ -168,6 +169,25 @@ def test_causal_lm_weights_depend_only_on_the_seed(family, bpe_dir, tmp_path):
              for name, seed in (("a", 0), ("b", 0), ("c", 1))]
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert _sha256(paths[0]) == _sha256(paths[1]) != _sha256(paths[2])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_documents_give_the_loss_of_a_padded_batch(family, bpe_dir, tmp_path):
+    """Pre-training packs documents into rows; the loss must be the padded batch's, which holds only when attention
+    stays inside each document (a leak across documents would change every token after the first document)."""
+    folder = make_tiny_causal_lm(family, bpe_dir, tmp_path)
+    tokenizer = load_tokenizer(folder)
+    model = load_causal_lm(folder).eval()
+    texts = [t + tokenizer.eos_token for t in CORPUS[:8]]
+    input_ids, position_ids, labels = pack_documents(tokenizer(texts)["input_ids"], 64, tokenizer.pad_token_id)
+    assert input_ids.shape[0] < len(texts)  # several documents share a row
+    padded = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        packed_loss = model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False).loss
+        loss = model(**padded, labels=padded["input_ids"].masked_fill(padded["attention_mask"] == 0, -100)).loss
+        leaked = model(input_ids=input_ids, labels=labels, use_cache=False).loss  # one causal mask per row
+    torch.testing.assert_close(packed_loss, loss, atol=1e-5, rtol=1e-5)
+    assert abs(leaked.item() - loss.item()) > 1e-3
 
 
 def test_text_encoder_weights_depend_only_on_the_seed(wordpiece_dir, tmp_path):
