@@ -2,7 +2,7 @@
 
 ``ensure_demo_llm`` / ``ensure_demo_segmenter`` copy those folders instead of pre-training when their records match
 the current recipes and the default corpus (``tests/engines/test_demo_assets.py`` checks that they do); run this after
-changing a recipe. About 10 minutes on two CPU cores::
+changing a recipe. About 15 minutes on two CPU cores (LLM ~10, segmenter ~5)::
 
     python tools/make_demo_models.py [--data-dir demo] [--only llm|segmenter]
 """

@@ -216,11 +216,11 @@ def _made_once(
     if _recorded_settings(model_dir) == settings:
         return model_dir
     if model_dir.exists():
-        logger.info("the demo model in %s was made with other settings; making it again", model_dir)
+        logger.info("the demo model in %s was made with other settings; replacing it", model_dir)
     staging = model_dir.parent / (model_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     if shipped is not None and _recorded_settings(shipped) == settings:
-        shutil.copytree(shipped, staging)
+        shutil.copytree(shipped, staging, copy_function=shutil.copyfile)  # not its permissions
         logger.info("using the demo model shipped with the package (%s)", shipped.name)
     else:
         make(staging)
@@ -236,8 +236,8 @@ def demo_llm_settings(
 ) -> dict:
     """What a demo LLM is made from: the recipe version, family, shapes (default :data:`DEMO_LLM_SIZES`), steps and
     the corpus (generator, version, seed, size and splits from its manifest)."""
-    return {"recipe": PRETRAINING_RECIPE, "family": family, "vocab_size": vocab_size,
-            "pretrain_steps": pretrain_steps, "sizes": sizes or DEMO_LLM_SIZES, "corpus": _corpus_settings(data_dir)}
+    return {"recipe": PRETRAINING_RECIPE, "family": family, "vocab_size": vocab_size, "pretrain_steps": pretrain_steps,
+            "sizes": {**DEMO_LLM_SIZES, **sizes}, "corpus": _corpus_settings(data_dir)}
 
 
 def ensure_demo_llm(

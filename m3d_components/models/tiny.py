@@ -163,9 +163,10 @@ def pretrain_causal_lm(
     """Next-token pre-training of a tiny causal LM on ``texts``, saved back in place.
 
     Demo only: it gives a tiny model the language and formats a real pre-trained LLM would bring. Each step draws
-    ``batch_size`` documents and packs them into rows of ``row_length`` tokens (longer documents get a row of their
-    own): position ids restart at every document, which makes transformers attend within documents only, so the step
-    computes what a padded batch would while skipping the padding (about 45 % of a padded batch of demo documents).
+    ``batch_size`` documents and packs them into rows of ``row_length`` tokens (of the longest document's length when
+    that is longer; see :func:`pack_documents`): position ids restart at every document, which makes transformers
+    attend within documents only, so the step computes what a padded batch would while skipping the padding (44 % of
+    a padded batch of demo documents).
     """
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -197,6 +198,8 @@ def pack_documents(
     padding that ends a row, so transformers' packed-sequence masking keeps attention inside each document; the first
     token of each document and all padding are left out of the loss (-100), as in a padded batch.
     """
+    if not documents:
+        raise ValueError("no documents to pack")
     length = max(row_length, *map(len, documents))
     rows: list[list[list[int]]] = []
     room: list[int] = []
