@@ -2,8 +2,8 @@
 
 Every bundle's ``demo.json`` points its data and model paths at these functions, so a fresh clone runs end to end
 with no downloads: the corpus is generated, a WordPiece tokenizer is trained on its reports and a tiny BERT is
-initialised; the pre-trained demo LLM and segmentation module, which stand for what M3D downloads, are copied from
-the package (or made, for other settings). Each function returns the path and does nothing when the asset exists.
+initialised; a demo LLM and a segmentation module are pre-trained, standing for what M3D downloads (a pre-trained
+LLM, SegVol). Each function returns the path and does nothing when the asset already exists.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from m3d_components.data.masks import load_class_mask
 from m3d_components.data.prompts import CAPTION_QUESTIONS, TEMPLATE_FAMILIES
 from m3d_components.data.seg import read_seg_split, read_term_dictionary
 from m3d_components.data.vqa import read_vqa_csv
-from m3d_components.engines.paths import find_bundle
 from m3d_components.engines.seg_pretrain import pretrain_segmenter
 from m3d_components.models.segmentation import PromptableSegmenter, SegmenterConfig
 from m3d_components.models.tiny import (
@@ -43,8 +42,6 @@ from m3d_components.models.tiny import (
 
 __all__ = [
     "DEMO_LLM_SIZES",
-    "SHIPPED_DEMO_LLM",
-    "SHIPPED_DEMO_SEGMENTER",
     "demo_bertscore_model",
     "demo_meteor",
     "demo_instruction_texts",
@@ -54,7 +51,6 @@ __all__ = [
     "ensure_demo_data",
     "ensure_demo_llm",
     "ensure_demo_segmenter",
-    "demo_segmenter_config",
     "demo_segmenter_settings",
     "ensure_demo_text_encoder",
     "require_demo_output",
@@ -187,11 +183,6 @@ def demo_pretraining_texts(
 # Bump when demo_pretraining_texts or the pre-training changes, so that an older demo LLM on disk is made again.
 PRETRAINING_RECIPE = 3
 SEGMENTER_RECIPE = 1
-# What M3D downloads — a pre-trained LLM, SegVol — the demo ships as tiny stand-ins, made by this module with its
-# defaults on the default corpus (``python tools/make_demo_models.py`` makes them again after a recipe change): their
-# pre-training would cost ~10 and ~5 minutes on two CPU cores. What M3D trains (CLIP, LaMed, lamed_seg) the demo trains.
-SHIPPED_DEMO_LLM = Path(__file__).resolve().parents[1] / "resources" / "demo_llm"
-SHIPPED_DEMO_SEGMENTER = Path(__file__).resolve().parents[1] / "resources" / "demo_segmenter"
 DEMO_LLM_SIZES = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 256}
 _RECORD = "m3d_demo_model.json"
 
@@ -206,11 +197,9 @@ def _recorded_settings(model_dir: Path) -> dict | None:
     return json.loads(record.read_text()) if record.is_file() else None
 
 
-def _made_once(
-    model_dir: str | os.PathLike, settings: dict, shipped: Path | None, make: Callable[[Path], None]
-) -> Path:
+def _made_once(model_dir: str | os.PathLike, settings: dict, make: Callable[[Path], None]) -> Path:
     """``model_dir`` holding a model made with ``settings`` (recorded in ``m3d_demo_model.json``): reused when its
-    record matches, else replaced by the shipped copy when that one's record matches, else made by ``make``."""
+    record matches, else made again by ``make``."""
     model_dir = Path(model_dir).resolve()
     settings = json.loads(json.dumps(settings))  # as the record reads back (tuples become lists)
     if _recorded_settings(model_dir) == settings:
@@ -219,12 +208,8 @@ def _made_once(
         logger.info("the demo model in %s was made with other settings; replacing it", model_dir)
     staging = model_dir.parent / (model_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    if shipped is not None and _recorded_settings(shipped) == settings:
-        shutil.copytree(shipped, staging, copy_function=shutil.copyfile)  # not its permissions
-        logger.info("using the demo model shipped with the package (%s)", shipped.name)
-    else:
-        make(staging)
-        (staging / _RECORD).write_text(json.dumps(settings, indent=1) + "\n")
+    make(staging)
+    (staging / _RECORD).write_text(json.dumps(settings, indent=1) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)
     return model_dir
@@ -242,17 +227,16 @@ def demo_llm_settings(
 
 def ensure_demo_llm(
     data_dir: str | os.PathLike, model_dir: str | os.PathLike, family: str = "llama", vocab_size: int = 2000,
-    pretrain_steps: int = 6000, use_shipped: bool = True, **sizes
+    pretrain_steps: int = 6000, **sizes
 ) -> str:
     """A tiny causal LM of ``family`` with a BPE tokenizer trained on the demo text, saved in ``model_dir``.
 
     It is pre-trained for ``pretrain_steps`` on :func:`demo_pretraining_texts` so that, like a real LLM, it arrives
     with language, the answer formats and reading comprehension; 0 leaves it randomly initialised. Made once (see
-    :func:`demo_llm_settings`); with the defaults on the default corpus it is the copy shipped with the package
-    (``use_shipped``). A two-layer model learns to answer from its context only after a sudden change somewhere past
-    1000 steps; measured on the test split's closed VQA answered from the case summary: 0.43 after 1000 steps and
-    0.81 after 2000 and 3000 of one 3000-step run, 0.60 after a run scheduled for 2000, 0.90 after 6000 steps (lesion
-    kind 1.00 instead of 0.77), hence 6000 (about 10 minutes on two CPU cores).
+    :func:`demo_llm_settings`), in ~10 minutes on two CPU cores. A two-layer model learns to answer from its context
+    only after a sudden change somewhere past 1000 steps; measured on the test split's closed VQA answered from the
+    case summary: 0.43 after 1000 steps and 0.81 after 2000 and 3000 of one 3000-step run, 0.60 after a run
+    scheduled for 2000, 0.90 after 6000 steps (lesion kind 1.00 instead of 0.77), hence 6000.
     """
     settings = demo_llm_settings(data_dir, family, vocab_size, pretrain_steps, **sizes)
 
@@ -264,7 +248,7 @@ def ensure_demo_llm(
             logger.info("pre-training the demo %s LLM for %d steps (minutes on a CPU)", family, pretrain_steps)
             pretrain_causal_lm(folder, demo_pretraining_texts(data_dir), pretrain_steps)
 
-    return str(_made_once(model_dir, settings, SHIPPED_DEMO_LLM if use_shipped else None, make))
+    return str(_made_once(model_dir, settings, make))
 
 
 def demo_segmenter_settings(data_dir: str | os.PathLike, config: SegmenterConfig, steps: int = 1000) -> dict:
@@ -275,24 +259,13 @@ def demo_segmenter_settings(data_dir: str | os.PathLike, config: SegmenterConfig
     return {"recipe": SEGMENTER_RECIPE, "config": shapes, "steps": steps, "corpus": _corpus_settings(data_dir)}
 
 
-def demo_segmenter_config() -> SegmenterConfig:
-    """The segmenter shapes of lamed_seg's demo (``train.json`` + ``demo.json``): those of the shipped segmenter."""
-    from monai.bundle import ConfigParser
-
-    configs = Path(find_bundle("lamed_seg")) / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
-    return parser.get_parsed_content("segmenter_config")
-
-
 def ensure_demo_segmenter(
-    data_dir: str | os.PathLike, model_dir: str | os.PathLike, config: SegmenterConfig, steps: int = 1000,
-    use_shipped: bool = True,
+    data_dir: str | os.PathLike, model_dir: str | os.PathLike, config: SegmenterConfig, steps: int = 1000
 ) -> str:
     """The demo's SegVol: a :class:`PromptableSegmenter` of ``config`` pre-trained on the training masks with class
     prompts (:func:`~m3d_components.engines.seg_pretrain.pretrain_segmenter`); returns its ``segmenter.safetensors``.
 
-    Made once; with lamed_seg's demo shapes on the default corpus it is the copy shipped with the package. In a
+    Made once (see :func:`demo_segmenter_settings`), in ~5 minutes on two CPU cores. In a
     throwaway check with its own class prompts, 1000 steps reached a test Dice of 0.84 (gallbladder 0.54, lesions
     0.64, organs 0.85–0.94).
     """
@@ -309,7 +282,7 @@ def ensure_demo_segmenter(
         save_file({k: v.contiguous() for k, v in segmenter.state_dict().items()},
                   str(folder / "segmenter.safetensors"))
 
-    folder = _made_once(model_dir, settings, SHIPPED_DEMO_SEGMENTER if use_shipped else None, make)
+    folder = _made_once(model_dir, settings, make)
     return str(folder / "segmenter.safetensors")
 
 

@@ -56,16 +56,15 @@ def test_demo_uses_the_image(trained):
     assert (trained / "timing.json").is_file()
 
 
-def test_demo_llm_is_the_shipped_one_and_answers_from_a_case_summary(trained, demo_dir):
-    """The demo took the LLM shipped with the package (no pre-training on first use), and that LLM has the skill LaMed
-    builds on: it answers closed VQA from a case summary standing where the image tokens go — and not without it."""
+def test_demo_llm_answers_from_a_case_summary(trained, demo_dir):
+    """The pre-trained demo LLM has the skill LaMed builds on: it answers closed VQA from a case summary standing
+    where the image tokens go — and not without it."""
     from m3d_components.data import prompts
     from m3d_components.data.vqa import read_vqa_csv
-    from m3d_components.engines.demo import SHIPPED_DEMO_LLM, case_summary
+    from m3d_components.engines.demo import case_summary
     from m3d_components.models.local import load_causal_lm, load_tokenizer
 
     llm = demo_dir / "models" / "llm"
-    assert (llm / "model.safetensors").read_bytes() == (SHIPPED_DEMO_LLM / "model.safetensors").read_bytes()
     tokenizer = load_tokenizer(llm, padding_side="left")
     model = load_causal_lm(llm).eval()
     attributes = read_json(demo_dir / "demo_attributes.json")
@@ -88,7 +87,7 @@ def test_demo_llm_is_the_shipped_one_and_answers_from_a_case_summary(trained, de
             answers = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
             correct += [a.strip().startswith(r["answer_letter"] + ".") for a, r in zip(answers, batch)]
         accuracy[with_summary] = float(np.mean(correct))
-    assert accuracy[True] >= 0.75 and accuracy[False] <= 0.45, accuracy  # measured: see docs/performance.md
+    assert accuracy[True] >= 0.75 and accuracy[False] <= 0.45, accuracy  # measured 0.90 and 0.24
 
 
 def test_stage2_started_from_stage1_and_saved_only_trained_weights(trained):

@@ -1,4 +1,3 @@
-import inspect
 import itertools
 import json
 from pathlib import Path
@@ -73,28 +72,6 @@ def test_demo_llm_is_reused_only_when_made_with_the_same_settings(small_corpus, 
     assert json.loads((path / "m3d_demo_model.json").read_text())["pretrain_steps"] == 3
 
 
-def _default_manifest(folder):
-    """The manifest fields of the corpus ``make_demo_data`` writes with its defaults (without writing the corpus)."""
-    from m3d_components.data.demo import make_demo_data
-    from m3d_components.data.demo.corpus import GENERATOR_VERSION
-
-    defaults = {k: p.default for k, p in inspect.signature(make_demo_data).parameters.items()}
-    _manifest(folder, generator="m3d_components.data.demo", version=GENERATOR_VERSION, seed=defaults["seed"],
-              size=list(defaults["size"]),
-              splits={"train": defaults["n_train"], "validation": defaults["n_val"], "test": defaults["n_test"]})
-
-
-def test_shipped_demo_llm_matches_the_current_recipe_on_the_default_corpus(tmp_path):
-    """The demo LLM shipped with the package is used only while its record equals what ``ensure_demo_llm`` would make
-    with its defaults on the default corpus; a change to the recipe or the corpus generator must come with
-    ``python tools/make_demo_models.py``, or every fresh demo silently pays the pre-training again."""
-    from m3d_components.engines.demo import SHIPPED_DEMO_LLM, demo_llm_settings
-
-    _default_manifest(tmp_path)
-    assert json.loads((SHIPPED_DEMO_LLM / "m3d_demo_model.json").read_text()) == demo_llm_settings(tmp_path)
-    assert {p.name for p in SHIPPED_DEMO_LLM.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
-
-
 def _tiny_segmenter_config():
     from m3d_components.models.segmentation import SegmenterConfig
     from m3d_components.models.vision import ViTConfig
@@ -144,12 +121,3 @@ def test_demo_segmenter_is_reused_only_when_made_with_the_same_settings(small_co
     ensure_demo_segmenter(small_corpus, tmp_path / "seg", config, steps=3)
     assert json.loads((path.parent / "m3d_demo_model.json").read_text())["steps"] == 3
     assert set(load_file(path)) == set(PromptableSegmenter(config).state_dict())
-
-
-def test_shipped_demo_segmenter_matches_lamed_seg_demo_on_the_default_corpus(tmp_path):
-    from m3d_components.engines.demo import SHIPPED_DEMO_SEGMENTER, demo_segmenter_config, demo_segmenter_settings
-
-    _default_manifest(tmp_path)
-    settings = json.loads((SHIPPED_DEMO_SEGMENTER / "m3d_demo_model.json").read_text())
-    assert settings == json.loads(json.dumps(demo_segmenter_settings(tmp_path, demo_segmenter_config())))
-    assert (SHIPPED_DEMO_SEGMENTER / "segmenter.safetensors").is_file()
