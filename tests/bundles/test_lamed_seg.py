@@ -25,7 +25,7 @@ def _dirs(demo_dir: Path, clip: Path, lamed: Path, out: Path) -> list[str]:
 
 
 def test_demo_segments_from_text_and_uses_the_image(seg_trained):
-    """Issue 5's acceptance on the CPU demo (measured: ss / res Dice 0.614 / 0.613 against 0.028 / 0.036 for the
+    """Issue 5's acceptance on the CPU demo (measured: ss / res Dice 0.657 / 0.601 against 0.006 / 0.002 for the
     image-free control and 0.200 / 0.216 for the training-average mask; docs/performance.md); the Dice bound leaves a
     little room for other CPUs' rounding. Masks follow the text and the image, and absent organs are refused."""
     m = eval_metrics(seg_trained / "eval" / "test")

@@ -1,5 +1,7 @@
 import itertools
+from collections import Counter
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def test_pretraining_documents_answer_from_the_case_summary_of_training_cases_on
     the closed-VQA option is written in it, and a class it does not list is refused — so the tiny LLM learns
     to answer from its context, which LaMed then replaces with image tokens."""
     from m3d_components.data.prompts import SEG_TOKEN
-    from m3d_components.engines.demo import case_summary, demo_pretraining_texts
+    from m3d_components.engines.demo import CHOICE_ORDERS, case_summary, demo_pretraining_texts
 
     attributes = json.loads((small_corpus / "demo_attributes.json").read_text())
     summaries = {split: {case_summary(a) for a in attributes.values() if a["split"] == split}
@@ -55,6 +57,13 @@ def test_pretraining_documents_answer_from_the_case_summary_of_training_cases_on
     assert not any(t.startswith(s) for t in texts for s in summaries["validation"] | summaries["test"])
     closed = [(c, t) for c, t in zip(contexts, texts) if " Choices: A. " in t]
     assert closed and all(t.rsplit(". ", 1)[-1] in c for c, t in closed)
+    orders = Counter()
+    for _, text in closed:  # the answer letter names the option that holds the answer, whatever the order
+        rest, answer = text.rsplit(". ", 1)
+        question, options = rest[:-2].split(" Choices: ", 1)
+        assert f"{rest[-1]}. {answer} " in options + " ", text
+        orders[question, frozenset(re.findall(r"[A-D]\. (.*?)(?= [A-D]\. |$)", options))] += 1
+    assert set(orders.values()) == {CHOICE_ORDERS}  # every question comes in CHOICE_ORDERS option orders
     refusals = [(c, t) for c, t in zip(contexts, texts) if "Sorry" in t or " not " in t]
     assert refusals and all("[" not in t[len(c):] for c, t in refusals)  # no box and no [SEG] for absent classes
     assert any(SEG_TOKEN in t for t in texts) and any("[0." in t for t in texts)
