@@ -286,8 +286,8 @@ def ensure_demo_segmenter(
 
     Made once (see :func:`demo_segmenter_settings`), in ~2 minutes on two CPU cores. In throwaway checks with its
     own class prompts, the demo's module reached a test Dice of 0.79 after 1000 steps at batch 8 (organs 0.81–0.93,
-    lesions 0.55, gallbladder 0.23), 0.77 after 500 steps at batch 16 (same time) and 0.84 after 1000 at batch 16
-    (twice the time).
+    lesions 0.55, gallbladder 0.23), 0.77 after 500 steps at batch 16 and learning rate 2e-3 (same time) and
+    0.84 after 1000 at batch 16 (twice the time).
     """
     settings = demo_segmenter_settings(data_dir, config, steps, batch_size)
 

@@ -1,7 +1,7 @@
 import itertools
-from collections import Counter
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
