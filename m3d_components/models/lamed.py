@@ -12,6 +12,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -129,16 +130,25 @@ class LaMed(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Causal-LM forward on the spliced embeddings; ``labels`` (−100 = ignored) give the mean token loss.
 
+        With labels, only the positions that predict a supervised token reach the LM head (through transformers'
+        boolean ``logits_to_keep``): image tokens, prompt and padding never become vocabulary-sized logits, which
+        saves the LM head's FLOPs and the logits' memory for most of the sequence. The loss equals the causal-LM
+        loss over the full logits (tested).
+
         Returns:
-            ``{"loss": …, "logits": …}`` (loss only when labels are given), plus ``"hidden_states"`` (the last
-            layer's, (B, L, H)) when ``output_hidden_states=True`` is passed.
+            ``{"logits": …}``: (B, L, V) without labels; with labels, ``"loss"`` and the logits of the supervised
+            positions only, (N, V) in row-major order (those predicting ``labels[:, 1:][labels[:, 1:] != -100]``);
+            plus ``"hidden_states"`` (the last layer's, (B, L, H)) when ``output_hidden_states=True`` is passed.
         """
-        out = self.llm(
-            inputs_embeds=self.embed(input_ids, image), attention_mask=attention_mask, labels=labels, **llm_kwargs
-        )
-        result = {"logits": out.logits}
-        if labels is not None:
-            result["loss"] = out.loss
+        embeds = self.embed(input_ids, image)
+        if labels is None:
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
+            result = {"logits": out.logits}
+        else:
+            predicts = F.pad(labels[:, 1:] != -100, (0, 1), value=False)
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=predicts, **llm_kwargs)
+            targets = labels[:, 1:][predicts[:, :-1]]
+            result = {"logits": out.logits, "loss": F.cross_entropy(out.logits.float(), targets)}
         if out.hidden_states is not None:
             result["hidden_states"] = out.hidden_states[-1]
         return result

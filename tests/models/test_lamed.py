@@ -93,9 +93,12 @@ def test_loss_covers_answer_and_eos_only(llm_dir):
     for b, ids in enumerate(answer_ids):
         targets = batch["labels"][b][batch["labels"][b] != -100].tolist()
         assert targets == ids + [tokenizer.eos_token_id]
-    logits = out["logits"][:, :-1].flatten(0, 1)
-    expected = F.cross_entropy(logits, batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    # the loss over the full logits; with labels only the supervised positions reach the LM head
+    full = model(batch["image"], batch["input_ids"], batch["attention_mask"])["logits"]
+    expected = F.cross_entropy(full[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
     torch.testing.assert_close(out["loss"], expected)
+    supervised = batch["labels"][:, 1:] != -100
+    torch.testing.assert_close(out["logits"], full[:, :-1][supervised])
 
 
 def test_prompt_longer_than_the_context_is_named(llm_dir):
