@@ -11,11 +11,17 @@ from typing import Any, Sequence
 import torch
 from monai.engines import PrepareBatch
 
+from m3d_components.data.transforms import AUGMENTATION_KEY, apply_augmentation
+
 __all__ = ["PrepareImageTextBatch", "loss_from_output", "loss_value"]
 
 
 class PrepareImageTextBatch(PrepareBatch):
     """Move a collated batch to ``device``; return ``(image, None, (), {key: tensor})``.
+
+    When the batch holds ``augmentation`` (samples from ``train_transforms(on_device=True)``), the moved image gets
+    those draws there (:func:`~m3d_components.data.transforms.apply_augmentation`), so the GPU rather than the
+    DataLoader workers rotates, flips and rescales it. Evaluation batches never hold the key and pass unchanged.
 
     Args:
         keys: batch keys passed to the network as keyword arguments.
@@ -35,6 +41,8 @@ class PrepareImageTextBatch(PrepareBatch):
         if missing:
             raise KeyError(f"batch lacks key(s) {missing}; it has {sorted(batchdata)}")
         image = self._move(batchdata[self.image_key], device, non_blocking)
+        if AUGMENTATION_KEY in batchdata:
+            image = apply_augmentation(image, batchdata[AUGMENTATION_KEY])
         extra = {k: self._move(batchdata[k], device, non_blocking) for k in self.keys}
         return image, None, (), extra
 
@@ -46,4 +54,4 @@ def loss_from_output(pred: dict[str, torch.Tensor], _target: Any = None) -> torc
 
 def loss_value(output: dict[str, Any]) -> float:
     """The iteration loss as a float, for handlers' ``output_transform`` (training output is not decollated)."""
-    return float(output["loss"])
+    return float(output["loss"].detach())

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from m3d_components.data.prompts import with_image_tokens
+from m3d_components.data.transforms import AUGMENTATION_KEY
 
 __all__ = ["ImageTextCollator", "InstructionCollator"]
 
@@ -19,6 +20,9 @@ class ImageTextCollator:
         max_length: token budget; longer texts are truncated (the dataset already shortens reports sentence-wise).
         text_key: the sample field to tokenize; None collates images only.
         keep: other sample fields to pass through as lists (e.g. ``image_path`` for inference outputs).
+
+    Samples from ``train_transforms(on_device=True)`` carry their augmentation draw; it is stacked as
+    ``augmentation`` (B, 6) for :class:`~m3d_components.engines.batch.PrepareImageTextBatch` to apply.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class ImageTextCollator:
                 padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt",
             )
             batch.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        batch.update(_augmentation(samples))
         batch.update({k: [s[k] for s in samples] for k in self.keep})
         return batch
 
@@ -52,7 +57,9 @@ class InstructionCollator:
 
     Output keys: ``image``; ``input_ids``/``attention_mask``/``labels`` (right-padded to the longest sample);
     ``prompt_ids``/``prompt_mask`` (the prompts alone, left-padded, for batched generation); the ``keep`` fields as
-    lists (``question``, ``answer``, ``task`` … for metrics and outputs).
+    lists (``question``, ``answer``, ``task`` … for metrics and outputs); ``augmentation`` (B, 6) when samples carry
+    a device-side augmentation draw (``train_transforms(on_device=True)``), except with ``zero_images``, whose
+    zeros must stay zeros.
 
     Args:
         tokenizer: the LLM tokenizer with the LaMed tokens added (:func:`~m3d_components.models.lamed.add_lamed_tokens`).
@@ -112,8 +119,22 @@ class InstructionCollator:
                 torch.as_tensor(s["seg"], dtype=torch.float32) if "seg" in s else torch.zeros_like(images[i][:1])
                 for i, s in enumerate(samples)
             ])
+        if not self.zero_images:
+            batch.update(_augmentation(samples))
         batch.update({k: [s.get(k) for s in samples] for k in self.keep})
         return batch
+
+
+def _augmentation(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """``{"augmentation": (B, 6)}`` when any sample carries a device-side draw, else nothing.
+
+    A sample without one (e.g. from a task whose chain draws on the CPU) gets zeros, the identity draw, so a mixed
+    batch still stacks and that sample's image is left as its own chain made it.
+    """
+    if not any(AUGMENTATION_KEY in s for s in samples):
+        return {}
+    identity = torch.zeros(6, dtype=torch.float32)
+    return {AUGMENTATION_KEY: torch.stack([torch.as_tensor(s.get(AUGMENTATION_KEY, identity)) for s in samples])}
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,16 +1,20 @@
-"""What a run shows and leaves behind: a progress bar with the loss, and metrics as JSON with our canonical keys."""
+"""What a run shows and leaves behind: a progress bar with the loss, the share of each epoch spent waiting for data,
+and metrics as JSON with our canonical keys."""
 
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 import os
 from pathlib import Path
 
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
+from ignite.handlers import ProgressBar, Timer
 
-__all__ = ["LossProgressBar", "MetricsWriter"]
+__all__ = ["DataWaitHandler", "LossProgressBar", "MetricsWriter"]
+
+logger = logging.getLogger(__name__)
 
 
 class LossProgressBar(ProgressBar):
@@ -18,7 +22,50 @@ class LossProgressBar(ProgressBar):
     (MONAI calls ``attach(engine)`` with no other arguments)."""
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:
-        super().attach(engine, output_transform=lambda output: {"loss": float(output["loss"])})
+        super().attach(engine, output_transform=lambda output: {"loss": float(output["loss"].detach())})
+
+
+class DataWaitHandler:
+    """Each epoch, the fraction of its wall time the engine spent waiting for the DataLoader: an approximation of
+    the GPU idle fraction, which tells whether training is input-bound.
+
+    Two Ignite ``Timer``, reset at ``EPOCH_STARTED``: one measures the epoch's wall time up to this handler's
+    ``EPOCH_COMPLETED``; the other runs only between ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED`` (and from the
+    epoch's start to its first batch, which covers starting the loader's workers). At ``EPOCH_COMPLETED`` the ratio
+    goes to ``engine.state.metrics[name]`` (the trainer's MLflow handler logs state metrics at each epoch) and to one
+    INFO log line.
+
+    Why waiting approximates GPU idleness: our training loop reads the loss on the host every iteration (the progress
+    bar and the MLflow loss call ``float(loss)``), a device sync, so when the host asks for the next batch the GPU
+    has finished all queued work and stays idle until the batch arrives and the next step is launched. It misses the
+    smaller idle time inside a step (host work between kernels, ``prepare_batch``) and, without a per-step sync,
+    would overstate idleness.
+
+    Attach it before ``ValidationHandler`` (whose validation, at ``EPOCH_COMPLETED``, is then not counted) and before
+    the MLflow handler (so the metric is there when it logs).
+
+    Args:
+        name: the metric key.
+    """
+
+    def __init__(self, name: str = "data_wait_fraction") -> None:
+        self.name = name
+        self.wait = Timer()
+        self.epoch = Timer()
+
+    def attach(self, engine: Engine) -> None:
+        # Timer.reset (at EPOCH_STARTED) leaves the timer running: the wait until the first batch counts.
+        self.wait.attach(engine, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED,
+                         pause=Events.GET_BATCH_COMPLETED)
+        self.epoch.attach(engine, start=Events.EPOCH_STARTED)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        waited, wall = self.wait.value(), self.epoch.value()
+        fraction = min(waited / wall, 1.0) if wall > 0 else 0.0
+        engine.state.metrics[self.name] = fraction
+        logger.info("Epoch %d: waited %.2f s for data of %.2f s (%s %.3f)",
+                    engine.state.epoch, waited, wall, self.name, fraction)
 
 
 class MetricsWriter:

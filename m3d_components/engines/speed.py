@@ -44,7 +44,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from m3d_components.data.dataset import VolumeDataset
-from m3d_components.data.transforms import train_transforms
+from m3d_components.data.transforms import AUGMENTATION_KEY, apply_augmentation, train_transforms
 from m3d_components.data.volume import CACHE_DTYPES, save_volume
 from m3d_components.engines.optim import adamw
 from m3d_components.models.clip import M3DCLIP
@@ -626,29 +626,45 @@ def _endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
         yield from loader
 
 
+def _augmented_on(device: torch.device, batches: Iterator[Any]) -> Step:
+    """A loader step that also applies the batch's device-side draws there, as ``PrepareImageTextBatch`` does."""
+    def step() -> None:
+        batch = next(batches)
+        apply_augmentation(batch["image"].to(device), batch[AUGMENTATION_KEY])
+    return step
+
+
 def loader_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
     """Volumes per second through the training augmentation (``VolumeDataset`` + ``train_transforms``): float32
     ``.npy`` read in the main process as published ("reference"), then float32, float16 and uint8 caches with worker
-    processes. The files were just written, so they come from the page cache: this is decoding and augmentation,
-    not disk speed. A "sample" is one volume; the per-worker rate is in the note."""
+    processes, and the float16 cache with ``train_transforms(on_device=True)``, whose timed step also moves the batch
+    to the benchmark's device and augments it there. The files were just written, so they come from the page cache:
+    this is decoding and augmentation, not disk speed. A "sample" is one volume; the per-worker rate is in the note."""
     shape = (1, *LOADER_SHAPES[scale])
     workers = max(1, min(4, (os.cpu_count() or 2) // 2))
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
-    setups = [("reference", "float32", 0), *((f"{dtype} cache", dtype, workers) for dtype in CACHE_DTYPES)]
+    setups = [
+        ("reference", "float32", 0, False),
+        *((f"{dtype} cache", dtype, workers, False) for dtype in CACHE_DTYPES),
+        ("float16 cache, augmentation on device", "float16", workers, True),
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = {dtype: [str(save_volume(Path(tmp) / f"{dtype}_{i}.npy", volume, dtype)) for i in range(LOADER_VOLUMES)]
                  for dtype in CACHE_DTYPES}
-        for name, dtype, count in setups:
-            dataset = VolumeDataset(paths[dtype], train_transforms(), image_shape=shape)
+        for name, dtype, count, on_device in setups:
+            dataset = VolumeDataset(paths[dtype], train_transforms(on_device=on_device), image_shape=shape)
             loader = torch.utils.data.DataLoader(dataset, batch_size=LOADER_BATCH, shuffle=True, num_workers=count,
                                                  persistent_workers=count > 0)
             batches = _endless(loader)
-            row = harness.measure(name, LOADER_BATCH, lambda _: ((lambda: next(batches)), 0.0))
+            step = _augmented_on(harness.device, batches) if on_device else (lambda: next(batches))
+            row = harness.measure(name, LOADER_BATCH, lambda _: (step, 0.0))
             per_worker = row["samples_per_s"] / max(count, 1)
             processes = "main process" if count == 0 else f"{count} worker{'s' * (count > 1)}"
-            row.update(note=f"{dtype} .npy, {processes}, {per_worker:.1f} volumes/s per process",
-                       flops_per_step=None, mfu=None)
+            note = f"{dtype} .npy, {processes}, {per_worker:.1f} volumes/s per process"
+            if on_device:
+                note += f"; the timed step includes apply_augmentation of the batch on {harness.device.type}"
+            row.update(note=note, flops_per_step=None, mfu=None)
             rows.append(row)
     return rows
 

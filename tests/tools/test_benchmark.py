@@ -126,7 +126,10 @@ def test_bench_speed_command_prints_the_table_and_writes_json(tmp_path, capsys):
 
 def test_loader_stage_reads_every_cache_dtype_through_the_augmentation():
     rows = bench.run_benchmark(["loader"], "tiny", steps=2, warmup=1)
-    assert [r["configuration"] for r in rows] == ["reference", "float32 cache", "float16 cache", "uint8 cache"]
+    assert [r["configuration"] for r in rows] == [
+        "reference", "float32 cache", "float16 cache", "uint8 cache", "float16 cache, augmentation on device"
+    ]
     assert all(r["status"] == "ok" and r["samples_per_s"] > 0 and r["batch"] == 8 for r in rows)
-    assert "main process" in rows[0]["note"] and "volumes/s per process" in rows[-1]["note"]
+    assert "main process" in rows[0]["note"] and "volumes/s per process" in rows[3]["note"]
+    assert "includes apply_augmentation of the batch on cpu" in rows[-1]["note"]
     assert rows[0]["ratio"] == 1.0 and rows[0]["mfu"] is None
