@@ -84,9 +84,9 @@ def load_class_mask(path: str | os.PathLike, image_shape: tuple[int, ...]) -> np
     if tuple(mask.shape) != tuple(image_shape):
         raise DataError(str(path), f"mask shape {tuple(mask.shape)} does not match image shape {tuple(image_shape)}")
     mask = np.asarray(mask)
-    values = np.unique(mask)
-    if not np.isin(values, (0, 1)).all():
-        raise DataError(str(path), f"mask is not binary: values {values[:8].tolist()}")
-    if values.size == 1 and values[0] == 0:
+    if not ((mask == 0) | (mask == 1)).all():  # no sort: np.unique only for the message
+        raise DataError(str(path), f"mask is not binary: values {np.unique(mask)[:8].tolist()}")
+    foreground = mask > 0
+    if not foreground.any():
         raise DataError(str(path), "mask is empty; a class absent from the image is stored as a (1, 1, 1, 1) zero array")
-    return mask > 0
+    return foreground
