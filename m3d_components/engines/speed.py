@@ -508,23 +508,27 @@ LAMED_SETUPS = (
 )
 
 
-def lamed_train_flops(model: LaMed, tokens: int) -> float:
-    """Forward + backward FLOPs of one LaMed sequence of ``tokens`` tokens (image tokens included).
+def lamed_train_flops(model: LaMed, tokens: int, supervised: int) -> float:
+    """Forward + backward FLOPs of one LaMed sequence of ``tokens`` tokens (image tokens included), ``supervised`` of
+    whose positions predict a labelled token.
 
     Frozen LLM weights cost 4 · N · T (forward, and the backward to their input; no weight gradient), trained ones
-    (LoRA, LM head) 6 · N · T, attention 12 · L · T² · d as in the ViT (the causal half is counted too, as PaLM
-    does). The ViT is trained (stage 2) and the perceiver is one pass over the pooled tokens.
+    (LoRA) 6 · N · T, attention 12 · L · T² · d as in the ViT (the causal half is counted too, as PaLM does). The LM
+    head runs on the ``supervised`` positions only (:meth:`LaMed.forward`). The ViT is trained (stage 2) and the
+    perceiver is one pass over the pooled tokens.
     """
+    head = model.llm.get_output_embeddings()
     frozen = trained = 0
     for module in model.llm.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and module is not head:
             if module.weight.requires_grad:
                 trained += module.weight.numel()
             else:
                 frozen += module.weight.numel()
     config = model.llm.config
     attention = 12.0 * config.num_hidden_layers * tokens**2 * config.hidden_size
-    llm = 4.0 * frozen * tokens + 6.0 * trained * tokens + attention
+    head_flops = (6.0 if head.weight.requires_grad else 4.0) * head.weight.numel() * supervised
+    llm = 4.0 * frozen * tokens + 6.0 * trained * tokens + head_flops + attention
     return vit_train_flops(model.vision_encoder) + 6.0 * linear_weights(model.perceiver) * model.num_image_tokens + llm
 
 
@@ -589,7 +593,8 @@ def _lamed_builder(scale: LamedScale, setup: LamedSetup, device: torch.device, s
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        flops = lamed_train_flops(model, scale.tokens) + (segmenter_train_flops(model) if seg else 0.0)
+        supervised = scale.tokens - model.num_image_tokens  # _lamed_inputs labels every text token
+        flops = lamed_train_flops(model, scale.tokens, supervised) + (segmenter_train_flops(model) if seg else 0.0)
         return step, batch * flops
 
     return build

@@ -102,8 +102,10 @@ def test_pretrained_segmenter_follows_its_class_prompt(small_corpus):
 
     manifest = json.loads((small_corpus / "manifest.json").read_text())
     records = read_seg_split(small_corpus / manifest["files"]["seg"], "train", small_corpus)
-    segmenter = PromptableSegmenter(_tiny_segmenter_config())
-    prompts = pretrain_segmenter(segmenter, records, steps=200, batch_size=4, learning_rate=1e-2)
+    with torch.random.fork_rng():  # a seeded start: 200 steps at 1e-2 from an unseeded one failed now and then
+        torch.manual_seed(0)
+        segmenter = PromptableSegmenter(_tiny_segmenter_config())
+    prompts = pretrain_segmenter(segmenter, records, steps=400, batch_size=4, learning_rate=5e-3)
     own, other = [], []
     for image, group in itertools.groupby(records, key=lambda r: r["image"]):
         present = [r for r in group if load_class_mask(r["label"], (1, 32, 64, 64)).any()]
@@ -113,7 +115,7 @@ def test_pretrained_segmenter_follows_its_class_prompt(small_corpus):
             with torch.no_grad():
                 for prompt, scores in ((prompts[record["class_name"]], own), (prompts[swapped["class_name"]], other)):
                     scores.append(float(hard_dice(segmenter(volume, prompt[None]) > 0, target)[0]))
-    assert len(own) >= 12 and np.mean(own) > np.mean(other) + 0.1, (np.mean(own), np.mean(other))  # 0.29 vs 0.12
+    assert len(own) >= 12 and np.mean(own) > np.mean(other) + 0.1, (np.mean(own), np.mean(other))  # 0.57 vs 0.08
 
 
 def test_demo_segmenter_is_reused_only_when_made_with_the_same_settings(small_corpus, tmp_path):

@@ -111,7 +111,9 @@ def test_lamed_step_trains_the_stage_2_parts_and_its_flops_match_torch(seg):
     model.eval()  # LoRA dropout off; the FLOPs are the same
     with FlopCounterMode(display=False) as counter:
         model(**inputs)["loss"].backward()
-    assert counter.get_total_flops() == pytest.approx(2 * bench.lamed_train_flops(model, scale.tokens), rel=1e-6)
+    supervised = scale.tokens - model.num_image_tokens  # the LM head runs where the next token is labelled
+    expected = 2 * bench.lamed_train_flops(model, scale.tokens, supervised)
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-6)
 
 
 def test_bench_speed_command_prints_the_table_and_writes_json(tmp_path, capsys):
