@@ -296,15 +296,15 @@ def train_transforms(
     Raises:
         ValueError: for an unknown ``laterality`` or a probability outside [0, 1].
     """
-    _check_settings(laterality, rotate_prob=rotate_prob, flip_d_prob=flip_d_prob, flip_h_prob=flip_h_prob,
-                    flip_w_prob=flip_w_prob, scale_prob=scale_prob, shift_prob=shift_prob)
-    if on_device:
+    if on_device:  # RandDeviceAugmentd checks the settings
         draw = RandDeviceAugmentd(
             image_key, mask_keys=mask_keys, text_keys=text_keys, laterality=laterality, rotate_prob=rotate_prob,
             flip_d_prob=flip_d_prob, flip_h_prob=flip_h_prob, flip_w_prob=flip_w_prob, scale_prob=scale_prob,
             scale_factors=scale_factors, shift_prob=shift_prob, shift_offsets=shift_offsets,
         )
         return Compose([draw, *_to_tensors(image_key, mask_keys)])
+    _check_settings(laterality, rotate_prob=rotate_prob, flip_d_prob=flip_d_prob, flip_h_prob=flip_h_prob,
+                    flip_w_prob=flip_w_prob, scale_prob=scale_prob, shift_prob=shift_prob)
     spatial_keys = [image_key, *mask_keys]
     steps = [
         RandRotate90d(keys=spatial_keys, prob=rotate_prob, max_k=3, spatial_axes=(_AXIS_H, _AXIS_W)),

@@ -141,7 +141,6 @@ def test_bad_settings_rejected(kwargs, match):
         train_transforms(**kwargs)
 
 
-
 # --- device-side augmentation ---------------------------------------------------------------------------------------
 
 DEVICE_SHAPE = (2, 3, 5, 5)  # two channels, D != H = W: quarter turns are legal, a wrong-plane turn changes the shape

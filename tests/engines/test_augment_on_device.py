@@ -15,19 +15,17 @@ from m3d_components.engines.batch import PrepareImageTextBatch
 from m3d_components.engines.collate import ImageTextCollator, InstructionCollator
 from m3d_components.engines.instruct import PrepareInstructionBatch
 from m3d_components.engines.settings import check_settings
+from m3d_components.models.lamed import lamed_tokenizer
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 SHAPE = (1, 2, 4, 4)
 DRAWS = torch.tensor([[1, 0, 1, 0, 0.1, -0.05], [0, 1, 0, 1, 0, 0.02], [3, 0, 0, 0, -0.08, 0]])
 
 
-class WordTokenizer:
-    """The slice of a Hugging Face tokenizer that InstructionCollator uses: one id per word."""
-
-    eos_token_id, pad_token_id = 1, 0
-
-    def __call__(self, texts, add_special_tokens=True):
-        return {"input_ids": [[2 + len(word) for word in text.split()] for text in texts]}
+@pytest.fixture(scope="module")
+def tokenizer(llama_dir):
+    """The tiny Llama's BPE tokenizer with the LaMed tokens, as the instruction bundles use it."""
+    return lamed_tokenizer(llama_dir)
 
 
 def _samples(draws: torch.Tensor | None = DRAWS) -> list[dict]:
@@ -39,19 +37,19 @@ def _samples(draws: torch.Tensor | None = DRAWS) -> list[dict]:
     return samples
 
 
-def test_collators_stack_the_draws_when_samples_have_them():
+def test_collators_stack_the_draws_when_samples_have_them(tokenizer):
     assert torch.equal(ImageTextCollator(text_key=None)(_samples())[AUGMENTATION_KEY], DRAWS)
-    assert torch.equal(InstructionCollator(WordTokenizer(), 2, keep=())(_samples())[AUGMENTATION_KEY], DRAWS)
+    assert torch.equal(InstructionCollator(tokenizer, 2, keep=())(_samples())[AUGMENTATION_KEY], DRAWS)
     assert AUGMENTATION_KEY not in ImageTextCollator(text_key=None)(_samples(None))
-    assert AUGMENTATION_KEY not in InstructionCollator(WordTokenizer(), 2, keep=())(_samples(None))
+    assert AUGMENTATION_KEY not in InstructionCollator(tokenizer, 2, keep=())(_samples(None))
 
 
-def test_a_sample_without_a_draw_gets_the_identity_and_zero_images_get_none():
+def test_a_sample_without_a_draw_gets_the_identity_and_zero_images_get_none(tokenizer):
     samples = _samples()
     del samples[1][AUGMENTATION_KEY]
     stacked = ImageTextCollator(text_key=None)(samples)[AUGMENTATION_KEY]
     assert torch.equal(stacked[1], torch.zeros(6)) and torch.equal(stacked[[0, 2]], DRAWS[[0, 2]])
-    assert AUGMENTATION_KEY not in InstructionCollator(WordTokenizer(), 2, keep=(), zero_images=True)(_samples())
+    assert AUGMENTATION_KEY not in InstructionCollator(tokenizer, 2, keep=(), zero_images=True)(_samples())
 
 
 @pytest.mark.parametrize("prepare", [PrepareImageTextBatch(keys=()), PrepareInstructionBatch(keys=(), target_keys=())])
