@@ -215,7 +215,7 @@ class M3DCommand:
         print(f"written: {Path(out).with_suffix('.md')}, {Path(out).with_suffix('.png')}")
 
     def bench_speed(self, stages: str = "clip,lamed,seg,generate", scale: str = "tiny", steps: int = 10,
-                    warmup: int = 2, json_out: str | None = None):
+                    warmup: int = 2, json_out: str | None = None, compile_blocks: bool = False):
         """Time the training and generation steps, optimized against the reference-style configuration in the same
         process (samples/s, step time, peak memory, MFU on a GPU); prints a Markdown table.
 
@@ -225,12 +225,14 @@ class M3DCommand:
             steps: timed steps per configuration (median and p10/p90 reported).
             warmup: untimed steps first.
             json_out: also write the figures, versions, device and command here.
+            compile_blocks: also time the CLIP and LaMed steps with every transformer block compiled.
         """
         from m3d_components.engines.speed import main as speed_main
 
         names = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else list(stages)
         argv = ["--stages", *names, "--scale", scale, "--steps", str(steps), "--warmup", str(warmup)]
-        speed_main([*argv, *(["--json", json_out] if json_out else [])])
+        argv += ["--json", json_out] if json_out else []
+        speed_main([*argv, *(["--compile-blocks"] if compile_blocks else [])])
 
     def merge_lora(self, out: str, bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
                    **overrides):

@@ -16,6 +16,8 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from m3d_components.models.compiled import compiled_blocks
+
 __all__ = ["ReplicaSyncCheck", "fsdp_resume_disabled", "parameter_fingerprint", "shard_lamed"]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,9 @@ def shard_lamed(model: nn.Module, device: torch.device) -> nn.Module:
     """
     from torch.distributed.fsdp import fully_shard
 
+    if compiled_blocks(model):
+        raise ValueError("compile_blocks is not supported with fsdp_train.json: pass --compile_blocks false "
+                         "(or train with train.json or multi_gpu_train.json)")
     model = model.to(device)
     llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     layers = getattr(getattr(llm, "model", None), "layers", None)

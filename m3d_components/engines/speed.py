@@ -48,6 +48,7 @@ from m3d_components.data.transforms import AUGMENTATION_KEY, apply_augmentation,
 from m3d_components.data.volume import CACHE_DTYPES, save_volume
 from m3d_components.engines.optim import adamw
 from m3d_components.models.clip import M3DCLIP
+from m3d_components.models.compiled import compile_blocks
 from m3d_components.models.lamed import LaMed
 from m3d_components.models.lamed_seg import LaMedSeg
 from m3d_components.models.perceiver import SpatialPoolingPerceiver
@@ -175,12 +176,19 @@ class Harness:
         steps: timed steps; the median and p10/p90 are reported (10 or more for a figure worth recording).
         warmup: untimed steps first, to pay for allocator growth, kernel selection and lazy initialisation.
         peak_flops: measured bf16 matmul FLOP/s on a GPU (``measure_bf16_peak``); None on CPU, where no MFU is given.
+        compile_blocks: also time the optimized configuration with every transformer block compiled
+            (:func:`~m3d_components.models.compiled.compile_blocks`); the warm-up steps then pay the compilation.
     """
 
     device: torch.device
     steps: int
     warmup: int
     peak_flops: float | None = None
+    compile_blocks: bool = False
+
+    def setups(self, setups: Sequence[Any]) -> list[Any]:
+        """The configurations to time: the compiled one only when asked for."""
+        return [setup for setup in setups if self.compile_blocks or not setup.compiled]
 
     def time_steps(self, step: Step) -> list[float]:
         """Seconds of each timed step, synchronising around every step so each one's GPU work is in its time."""
@@ -318,10 +326,12 @@ class ClipSetup:
     name: str
     attention: str  # "sdpa" or "eager", for the ViT and the text encoder alike
     optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    compiled: bool = False  # every ViT block and text-encoder layer compiled in place
 
 
 CLIP_SETUPS = (
     ClipSetup("optimized", "sdpa", _project_adamw),  # first: on CPU, max RSS then belongs to it alone
+    ClipSetup("optimized + compiled blocks", "sdpa", _project_adamw, compiled=True),
     ClipSetup("reference", "eager", _reference_adamw),
 )
 
@@ -347,7 +357,7 @@ def _clip_builder(scale: ClipScale, setup: ClipSetup, device: torch.device) -> B
     """A ``Build`` for one CLIP training step (forward, symmetric InfoNCE, backward, AdamW) in ``setup``."""
 
     def build(batch: int) -> tuple[Step, float]:
-        model = _clip_model(scale, setup.attention).to(device).train()
+        model = compile_blocks(_clip_model(scale, setup.attention).to(device).train(), setup.compiled)
         text_config = model.language_encoder.config
         if text_config._attn_implementation != setup.attention:
             raise RuntimeError(f"text encoder runs {text_config._attn_implementation!r}, not {setup.attention!r}")
@@ -372,8 +382,8 @@ def clip_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
     """The M3D-CLIP training step, optimized and reference-style; one row per configuration (and per OOM)."""
     sizes = CLIP_SCALES[scale]
     rows = []
-    for setup in CLIP_SETUPS:
-        batches = (sizes.batch,) if setup.name == "optimized" else sizes.reference_batches
+    for setup in harness.setups(CLIP_SETUPS):
+        batches = sizes.reference_batches if setup.name == "reference" else (sizes.batch,)
         rows += harness.measure_first_fitting(setup.name, batches, _clip_builder(sizes, setup, harness.device))
     return rows
 
@@ -500,10 +510,12 @@ class LamedSetup:
     attention: str
     frozen_dtype: torch.dtype  # on CUDA; CPU runs stay in float32
     optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    compiled: bool = False  # every ViT block and LLM decoder layer compiled in place
 
 
 LAMED_SETUPS = (
     LamedSetup("optimized", "sdpa", torch.bfloat16, _project_adamw),
+    LamedSetup("optimized + compiled blocks", "sdpa", torch.bfloat16, _project_adamw, compiled=True),
     LamedSetup("reference", "eager", torch.float32, _reference_adamw),
 )
 
@@ -558,7 +570,7 @@ def _lamed_train_model(scale: LamedScale, setup: LamedSetup, device: torch.devic
     if device.type == "cuda":
         model.llm.to(setup.frozen_dtype)
     prepare_training(model, (*LAMED_PARTS, *(("segmenter",) if seg else ())), LoRASettings())
-    return model.to(device).train()
+    return compile_blocks(model.to(device).train(), setup.compiled)
 
 
 def _lamed_inputs(model: LaMed, scale: LamedScale, batch: int, seg: bool) -> dict[str, torch.Tensor]:
@@ -603,7 +615,7 @@ def _lamed_builder(scale: LamedScale, setup: LamedSetup, device: torch.device, s
 def _lamed_rows(scale: str, harness: Harness, seg: bool) -> list[dict[str, Any]]:
     sizes = LAMED_SCALES[scale]
     rows = []
-    for setup in LAMED_SETUPS:
+    for setup in harness.setups(LAMED_SETUPS):
         build = _lamed_builder(sizes, setup, harness.device, seg)
         rows += harness.measure_first_fitting(setup.name, (sizes.batch, sizes.batch // 2), build)
     return rows
@@ -692,8 +704,11 @@ def _with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_benchmark(stages: Sequence[str], scale: str = "tiny", steps: int = 10, warmup: int = 2) -> list[dict[str, Any]]:
-    """Run ``stages`` at ``scale`` on the GPU when there is one, otherwise on CPU; one dict per table row.
+def run_benchmark(
+    stages: Sequence[str], scale: str = "tiny", steps: int = 10, warmup: int = 2, compile_blocks: bool = False
+) -> list[dict[str, Any]]:
+    """Run ``stages`` at ``scale`` on the GPU when there is one, otherwise on CPU; one dict per table row
+    (``compile_blocks``: add the CLIP and LaMed steps with compiled transformer blocks).
 
     Raises:
         ValueError: for an unknown stage or scale, fewer than one timed step or a negative warm-up.
@@ -707,7 +722,7 @@ def run_benchmark(stages: Sequence[str], scale: str = "tiny", steps: int = 10, w
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak = measure_bf16_peak(device) if device.type == "cuda" else None
-    harness = Harness(device, steps, warmup, peak)
+    harness = Harness(device, steps, warmup, peak, compile_blocks)
     rows = []
     for name in stages:
         rows += _with_ratios([{"stage": name, **row} for row in STAGES[name](scale, harness)])
@@ -769,9 +784,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--json", type=Path, help="also write the figures, versions and device here")
+    parser.add_argument("--compile-blocks", action="store_true",
+                        help="also time the CLIP and LaMed steps with every transformer block compiled")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = run_benchmark(args.stages, args.scale, args.steps, args.warmup)
+    rows = run_benchmark(args.stages, args.scale, args.steps, args.warmup, args.compile_blocks)
     print(markdown_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(_report(rows), indent=2) + "\n")

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from ignite.engine import Engine
 
 from m3d_components.engines.distributed import ReplicaSyncCheck, fsdp_resume_disabled, shard_lamed
+from m3d_components.models.compiled import compile_blocks
 from m3d_components.models.trainable import STAGE_PARTS, LoRASettings, prepare_training, trained_state_dict
 from tests.conftest import N_IMAGE_TOKENS, VIT, tiny_lamed
 
@@ -109,3 +110,9 @@ def test_fsdp_refuses_a_resume_with_a_clear_error():
     assert fsdp_resume_disabled(False) is True
     with pytest.raises(ValueError, match="resume is not supported with fsdp_train.json"):
         fsdp_resume_disabled(True)
+
+
+def test_fsdp_refuses_compiled_blocks_with_a_clear_error(llama_dir):
+    model = compile_blocks(_stage2(str(llama_dir)))
+    with pytest.raises(ValueError, match="compile_blocks is not supported with fsdp_train.json"):
+        shard_lamed(model, torch.device("cpu"))

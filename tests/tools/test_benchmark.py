@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from m3d_components.engines import speed as bench
+from m3d_components.models.compiled import compiled_blocks
 from m3d_components.models.vision import ViTConfig, VisionTransformer3D
 
 FIGURES = ("samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "peak_memory_gib", "flops_per_step")
@@ -101,7 +102,7 @@ def test_lamed_step_trains_the_stage_2_parts_and_its_flops_match_torch(seg):
     LLM base weights frozen), and the analytic FLOPs of one step equal torch's count on the eager model (the
     segmenter's share is an estimate, so only the language side is checked exactly)."""
     scale = replace(bench.LAMED_SCALES["tiny"], tokens=40)
-    setup = bench.LAMED_SETUPS[1]  # eager attention: every attention matmul is a counted aten op
+    setup = bench.LAMED_SETUPS[-1]  # reference, eager attention: every attention matmul is a counted aten op
     model = bench._lamed_train_model(scale, setup, torch.device("cpu"), seg=seg)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trained) and any(n.startswith("vision_encoder.") for n in trained)
@@ -135,3 +136,18 @@ def test_loader_stage_reads_every_cache_dtype_through_the_augmentation():
     assert "main process" in rows[0]["note"] and "volumes/s per process" in rows[3]["note"]
     assert "includes apply_augmentation of the batch on cpu" in rows[-1]["note"]
     assert rows[0]["ratio"] == 1.0 and rows[0]["mfu"] is None
+
+
+def test_compiled_blocks_configuration_is_timed_only_when_asked_for():
+    """``--compile-blocks`` adds the optimized step with every ViT block and LLM decoder layer compiled in place (the
+    compilation itself is tested in tests/models/test_compiled.py)."""
+    cpu = torch.device("cpu")
+    names = [s.name for s in bench.Harness(cpu, steps=1, warmup=0).setups(bench.LAMED_SETUPS)]
+    assert names == ["optimized", "reference"]
+    setups = bench.Harness(cpu, steps=1, warmup=0, compile_blocks=True).setups(bench.LAMED_SETUPS)
+    assert [s.name for s in setups] == ["optimized", "optimized + compiled blocks", "reference"]
+    scale = bench.LAMED_SCALES["tiny"]
+    model = bench._lamed_train_model(scale, setups[1], cpu, seg=False)
+    compiled = compiled_blocks(model)
+    assert len(compiled) == scale.vit.num_layers + scale.llm["num_hidden_layers"], compiled
+    assert compiled_blocks(bench._lamed_train_model(scale, setups[0], cpu, seg=False)) == []
