@@ -315,7 +315,7 @@ def _check_manifest(out: Path, settings: dict[str, Any]) -> None:
 def _generated_scores(
     checkpoint: dict[str, Any], tasks: Sequence[str], out: Path, *, split: str, samples_per_task: int | None,
     batch_size: int, max_new_tokens: int, bertscore_model: str | os.PathLike | None, meteor: bool, seed: int,
-    judge_model: str | os.PathLike | None = None,
+    judge_model: str | os.PathLike | None = None, static_cache: bool = False,
 ) -> dict[str, list[float]]:
     """Generate the answers not yet in ``out/predictions.jsonl``, then score every logged answer."""
     from monai.engines import SupervisedEvaluator
@@ -363,7 +363,8 @@ def _generated_scores(
                 device=device, val_data_loader=loader, network=network,
                 prepare_batch=instruct_lib.PrepareInstructionBatch(
                     ("prompt_ids", "prompt_mask"), target_keys=instruct_lib.SEG_TARGET_KEYS),
-                inferer=instruct_lib.GenerationInferer(tokenizer, max_new_tokens, masks=masks),
+                inferer=instruct_lib.GenerationInferer(tokenizer, max_new_tokens, masks=masks,
+                                                       static_cache=static_cache),
                 val_handlers=[BenchWriter(log, task, [i for i, _ in plan[task]])],
                 amp=bool(parser.get_parsed_content("amp")), amp_kwargs={"dtype": torch.bfloat16}, decollate=False,
             )
@@ -386,7 +387,7 @@ def bench_checkpoint(
     checkpoint: dict[str, Any], tasks: Sequence[str], output_dir: str | os.PathLike, *, split: str = "test",
     samples_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int = 256,
     bertscore_model: str | os.PathLike | None = None, meteor: bool = True, resamples: int = 1000, seed: int = 42,
-    judge_model: str | os.PathLike | None = None,
+    judge_model: str | os.PathLike | None = None, static_cache: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Generate (resuming), score and summarise one checkpoint; returns its summary (see :func:`bootstrap_summary`).
     A checkpoint runs the tasks of ``tasks`` its bundle can answer (``itr`` for clip_pretrain, the others for LaMed),
@@ -396,6 +397,8 @@ def bench_checkpoint(
         checkpoint: ``{"name", "bundle", "weights", "configs" (default ["train.json"]), "overrides" ({}),
             "image_free" (False), "tasks" (all)}``.
         judge_model: a local chat LLM that also scores the generated reports (see :func:`judge_scores`).
+        static_cache: decode with a fixed-shape KV cache (CUDA graphs on a GPU; see
+            :class:`~m3d_components.engines.instruct.GenerationInferer`); the answers are the same.
     """
     unknown = sorted(set(tasks) - set(BENCH_TASKS))
     if unknown:
@@ -418,7 +421,7 @@ def bench_checkpoint(
         scores = _generated_scores(checkpoint, tasks, out, split=split, samples_per_task=samples_per_task,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    bertscore_model=bertscore_model, meteor=meteor, seed=seed,
-                                   judge_model=judge_model)
+                                   judge_model=judge_model, static_cache=static_cache)
     summary = bootstrap_summary(scores, resamples, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({"checkpoint": checkpoint, "metrics": summary}, indent=2))

@@ -92,13 +92,18 @@ class GenerationInferer:
             in the loss when the batch carries target masks (``seg``).
         synced: keep decoding until every rank's batch has ended (Hugging Face's ``synced_gpus``), as FSDP needs:
             each decoding step gathers the sharded weights on all ranks at once.
+        static_cache: decode with a preallocated KV cache of fixed shape (``cache_implementation="static"``); on a
+            GPU transformers then compiles the decoding step and replays it as a CUDA graph, which removes the
+            per-step launch cost that bounds batched decoding. The tokens are the same (tested).
     """
 
-    def __init__(self, tokenizer, max_new_tokens: int = 256, masks: bool = False, synced: bool = False) -> None:
+    def __init__(self, tokenizer, max_new_tokens: int = 256, masks: bool = False, synced: bool = False,
+                 static_cache: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.masks = masks
-        self.synced = synced
+        self.options = {**({"synced_gpus": True} if synced else {}),
+                        **({"cache_implementation": "static"} if static_cache else {})}
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, **batch: torch.Tensor) -> dict[str, Any]:
         model = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
@@ -110,7 +115,7 @@ class GenerationInferer:
         eos = self.tokenizer.eos_token_id
         tokens = model.generate(
             inputs, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=self.max_new_tokens, eos_token_id=eos,
-            **({"synced_gpus": True} if self.synced else {}),
+            **self.options,
         )
         out["text"] = [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         if self.masks:

@@ -433,8 +433,9 @@ def _lamed_model(scale: GenerateScale, device: torch.device) -> LaMed:
 
 
 def generate_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
-    """Answer ``answers`` prompts: one left-padded KV-cached batch ("optimized") against one prompt at a time as the
-    reference benchmark scripts do ("reference"). A "sample" is one answer of ``new_tokens`` tokens."""
+    """Answer ``answers`` prompts: one left-padded KV-cached batch ("optimized"; again with a fixed-shape static
+    cache, with which transformers compiles the decoding step into a CUDA graph on a GPU) against one prompt at a
+    time as the reference benchmark scripts do ("reference"). A "sample" is one answer of ``new_tokens`` tokens."""
     sizes = GENERATE_SCALES[scale]
     device = harness.device
     model = _lamed_model(sizes, device)
@@ -453,8 +454,11 @@ def generate_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
     flops = 2.0 * linear_weights(model.llm) * (width + sizes.new_tokens) * sizes.answers  # decoding, forward only
     options = {"max_new_tokens": sizes.new_tokens, "min_new_tokens": sizes.new_tokens, "eos_token_id": None}
 
-    def batched(_: int) -> tuple[Step, float]:
-        return (lambda: model.generate(images, prompt_ids, prompt_mask, **options)), flops
+    def batched(_: int, **cache: str) -> tuple[Step, float]:
+        return (lambda: model.generate(images, prompt_ids, prompt_mask, **options, **cache)), flops
+
+    def static(batch: int) -> tuple[Step, float]:
+        return batched(batch, cache_implementation="static")
 
     def one_by_one(_: int) -> tuple[Step, float]:
         def step() -> None:
@@ -464,8 +468,11 @@ def generate_stage(scale: str, harness: Harness) -> list[dict[str, Any]]:
 
         return step, flops
 
+    one_batch = f"one batch, {sizes.new_tokens} new tokens each"
     return [
-        {**harness.measure("optimized", sizes.answers, batched), "note": f"one batch, {sizes.new_tokens} new tokens each"},
+        {**harness.measure("optimized", sizes.answers, batched), "note": one_batch},
+        {**harness.measure("optimized + static cache", sizes.answers, static),
+         "note": one_batch + (", CUDA graphs" if device.type == "cuda" else "")},
         {**harness.measure("reference", sizes.answers, one_by_one), "note": "one prompt at a time"},
     ]
 

@@ -102,3 +102,21 @@ def test_scores_of_a_segmentation_batch():
     assert scores["ss/dice"] == 1.0 and scores["ss/neg_acc"] == 1.0 and scores["ss/dice_all"] == 1.0
     with pytest.raises(ValueError, match="needs masks"):
         metric.update(({"text": ["x"]}, {"task": ["ss"], "seg": gt[:1]}))
+
+
+def test_generation_inferer_with_a_static_cache_answers_the_same(llama_dir):
+    """``static_cache`` (the bundles' ``eval_static_cache`` / m3d_bench's ``static_cache``) reaches generation and
+    changes nothing in the answers or the loss."""
+    from m3d_components.engines.collate import InstructionCollator
+    from m3d_components.engines.instruct import GenerationInferer
+    from tests.conftest import N_IMAGE_TOKENS, tiny_lamed
+    from tests.models.test_lamed import _samples
+
+    model, tokenizer = tiny_lamed(llama_dir)
+    batch = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(_samples())
+    image = batch.pop("image")
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    dynamic = GenerationInferer(tokenizer, max_new_tokens=8)(image, model, **tensors)
+    static = GenerationInferer(tokenizer, max_new_tokens=8, static_cache=True)(image, model, **tensors)
+    assert static["text"] == dynamic["text"] and len(static["text"]) == 3
+    torch.testing.assert_close(static["loss"], dynamic["loss"])

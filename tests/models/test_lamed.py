@@ -123,6 +123,17 @@ def test_batched_generation_equals_one_by_one(llm_dir):
         assert together[b, : alone.shape[1]].tolist() == alone[0].tolist()
 
 
+def test_static_cache_generation_equals_the_dynamic_cache(llm_dir):
+    """A fixed-shape KV cache (``cache_implementation="static"``, what CUDA-graph decoding needs) gives the same
+    tokens for a left-padded batch, for every LLM family."""
+    model, tokenizer = _model(llm_dir)
+    batch = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(_samples())
+    dynamic = model.generate(batch["image"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=12)
+    static = model.generate(batch["image"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=12,
+                            cache_implementation="static")
+    assert static.tolist() == dynamic.tolist()
+
+
 def test_generation_reuses_the_kv_cache(llm_dir):
     model, tokenizer = _model(llm_dir)
     batch = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(_samples(2))

@@ -81,9 +81,9 @@ def test_bf16_peak_measurement_runs():
 def test_tiny_generate_stage_compares_one_batch_with_one_prompt_at_a_time():
     rows = bench.run_benchmark(["generate"], "tiny", steps=1, warmup=0)
     assert [(r["configuration"], r["batch"], r["status"]) for r in rows] == [
-        ("optimized", 32, "ok"), ("reference", 32, "ok")]
-    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] and rows[1]["ratio"] == 1.0
-    assert "32 new tokens" in rows[0]["note"]
+        ("optimized", 32, "ok"), ("optimized + static cache", 32, "ok"), ("reference", 32, "ok")]
+    assert rows[0]["flops_per_step"] == rows[2]["flops_per_step"] and rows[2]["ratio"] == 1.0
+    assert "32 new tokens" in rows[0]["note"] and "32 new tokens" in rows[1]["note"]
 
 
 @pytest.mark.parametrize("stage", ["lamed", "seg"])
