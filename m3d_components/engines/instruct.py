@@ -34,6 +34,7 @@ __all__ = [
     "PredictionWriter",
     "PrepareInstructionBatch",
     "TRAIN_KEYS",
+    "PACKED_TRAIN_KEYS",
     "EVAL_KEYS",
     "SEG_TRAIN_KEYS",
     "SEG_EVAL_KEYS",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
+PACKED_TRAIN_KEYS = ("input_ids", "position_ids", "labels")  # InstructionCollator(pack=True)
 EVAL_KEYS = (*TRAIN_KEYS, "prompt_ids", "prompt_mask")
 SEG_TRAIN_KEYS = (*TRAIN_KEYS, "seg")
 SEG_EVAL_KEYS = (*EVAL_KEYS, "seg")

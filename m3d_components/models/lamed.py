@@ -95,8 +95,12 @@ class LaMed(nn.Module):
         features = self.perceiver(self.vision_encoder.patch_features(image))
         return features.to(self.llm.get_input_embeddings().weight.dtype)
 
-    def embed(self, input_ids: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, image: torch.Tensor | None, packed: bool = False) -> torch.Tensor:
         """Token embeddings with every sample's ``<im_patch>`` rows replaced by its image features.
+
+        Images are used in the order their placeholder blocks appear row by row; with ``packed`` a row may hold
+        several samples (see :mod:`~m3d_components.models.packing`) and takes as many images, in order, as it holds
+        blocks.
 
         Raises:
             ValueError: when a sample does not hold exactly ``num_image_tokens`` placeholders (a prompt built for
@@ -109,9 +113,15 @@ class LaMed(nn.Module):
             if bool(counts.any()):
                 raise ValueError(f"the prompt holds {IMAGE_TOKEN} placeholders but no image was given")
             return embeds
-        if image.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"{image.shape[0]} images for {input_ids.shape[0]} prompts")
-        wrong = (counts != self.num_image_tokens).nonzero().flatten().tolist()
+        if packed:  # each row holds whole placeholder blocks, one per image, and every image is used
+            wrong = (counts.remainder(self.num_image_tokens) != 0).nonzero().flatten().tolist()
+            if not wrong and int(counts.sum()) != image.shape[0] * self.num_image_tokens:
+                raise ValueError(f"{image.shape[0]} images for {input_ids.shape[0]} packed rows holding "
+                                 f"{int(counts.sum()) // self.num_image_tokens} image placeholder blocks")
+        else:
+            if image.shape[0] != input_ids.shape[0]:
+                raise ValueError(f"{image.shape[0]} images for {input_ids.shape[0]} prompts")
+            wrong = (counts != self.num_image_tokens).nonzero().flatten().tolist()
         if wrong:
             raise ValueError(
                 f"sample(s) {wrong} hold {counts[wrong].tolist()} {IMAGE_TOKEN} tokens; the perceiver gives "
@@ -140,12 +150,14 @@ class LaMed(nn.Module):
             positions only, (N, V) in row-major order (those predicting ``labels[:, 1:][labels[:, 1:] != -100]``);
             plus ``"hidden_states"`` (the last layer's, (B, L, H)) when ``output_hidden_states=True`` is passed.
         """
-        embeds = self.embed(input_ids, image)
+        packed = attention_mask is None and llm_kwargs.get("position_ids") is not None
+        embeds = self.embed(input_ids, image, packed)
         if labels is None:
             out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
             result = {"logits": out.logits}
         else:
             predicts = F.pad(labels[:, 1:] != -100, (0, 1), value=False)
+            llm_kwargs.setdefault("use_cache", False)  # training builds no KV cache (packed rows need none)
             out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=predicts, **llm_kwargs)
             targets = labels[:, 1:][predicts[:, :-1]]
             result = {"logits": out.logits, "loss": F.cross_entropy(out.logits.float(), targets)}

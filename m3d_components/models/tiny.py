@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from m3d_components.models.local import load_tokenizer
+from m3d_components.models.packing import pack_order, packed_rows
 
 __all__ = [
     "WORDPIECE_SPECIAL_TOKENS",
@@ -194,36 +195,14 @@ def pack_documents(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token documents packed first-fit (longest first) into rows: ``(input_ids, position_ids, labels)``.
 
-    Rows are ``max(row_length, longest document)`` long. Positions restart at 0 for each document and for the
-    padding that ends a row, so transformers' packed-sequence masking keeps attention inside each document; the first
+    Rows are ``max(row_length, longest document)`` long (see :mod:`~m3d_components.models.packing`); the first
     token of each document and all padding are left out of the loss (-100), as in a padded batch.
     """
     if not documents:
         raise ValueError("no documents to pack")
-    length = max(row_length, *map(len, documents))
-    rows: list[list[list[int]]] = []
-    room: list[int] = []
-    for document in sorted(documents, key=len, reverse=True):
-        row = next((r for r, free in enumerate(room) if len(document) <= free), None)
-        if row is None:
-            rows.append([])
-            room.append(length)
-            row = len(rows) - 1
-        rows[row].append(document)
-        room[row] -= len(document)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for r, row in enumerate(rows):
-        start = 0
-        for document in (*row, None):
-            end = length if document is None else start + len(document)
-            position_ids[r, start:end] = torch.arange(end - start)
-            if document is not None:
-                input_ids[r, start:end] = torch.tensor(document)
-                labels[r, start + 1:end] = input_ids[r, start + 1:end]
-            start = end
-    return input_ids, position_ids, labels
+    rows = [[documents[i] for i in row] for row in pack_order([len(d) for d in documents], row_length)]
+    targets = [[[-100] * min(1, len(document)) + document[1:] for document in row] for row in rows]
+    return packed_rows(rows, targets, pad_id, row_length)
 
 
 def _nonempty(texts: Iterable[str]) -> list[str]:

@@ -123,6 +123,48 @@ def test_batched_generation_equals_one_by_one(llm_dir):
         assert together[b, : alone.shape[1]].tolist() == alone[0].tolist()
 
 
+def test_packed_batch_gives_the_padded_batch_loss_and_gradients(llm_dir):
+    """``pack=True`` puts short samples side by side in rows as long as the longest sample; transformers keeps
+    attention inside each sample (position ids restart), and the images follow the placeholder blocks' order."""
+    model, tokenizer = _model(llm_dir)
+    samples = _samples(6)
+    samples[5]["answer"] = " ".join(["Axial CT of the upper abdomen in the arterial phase."] * 4)
+    padded = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(samples)
+    packed = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128, pack=True)(samples)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[1] == padded["input_ids"].shape[1]
+    assert packed["input_ids"].shape[0] < 6, packed["position_ids"]
+    order = [int(path[len("case"):-len(".npy")]) for path in packed["image_path"]]
+    assert sorted(order) == list(range(6)) and order[0] == 5  # longest first
+    assert torch.equal(packed["image"], padded["image"][order])
+    assert [samples[i]["answer"] for i in order] == packed["answer"]
+    assert int((packed["labels"] != -100).sum()) == int((padded["labels"] != -100).sum())
+    results = []
+    runs = ((padded, {"attention_mask": padded["attention_mask"]}), (packed, {"position_ids": packed["position_ids"]}))
+    for batch, mask in runs:
+        model.zero_grad()
+        loss = model(batch["image"], batch["input_ids"], labels=batch["labels"], **mask)["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (packed_loss, packed_grads) = results
+    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
+    assert grads and grads.keys() == packed_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packing_refuses_masks_and_images_must_match_the_blocks(llm_dir):
+    model, tokenizer = _model(llm_dir)
+    with pytest.raises(ValueError, match="packing is not supported for \\[SEG\\] training with masks"):
+        InstructionCollator(tokenizer, N_IMAGE_TOKENS, pack=True, masks=True)
+    samples = _samples(4)
+    packed = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128, pack=True)(samples)
+    assert packed["input_ids"].shape[0] < 4
+    with pytest.raises(ValueError, match="3 images for .* packed rows holding 4 image placeholder blocks"):
+        model.embed(packed["input_ids"], packed["image"][:3], packed=True)
+    with pytest.raises(ValueError, match="images for .* prompts|hold \\[16\\]"):  # packed rows read as unpacked
+        model.embed(packed["input_ids"], packed["image"])
+
+
 def test_static_cache_generation_equals_the_dynamic_cache(llm_dir):
     """A fixed-shape KV cache (``cache_implementation="static"``, what CUDA-graph decoding needs) gives the same
     tokens for a left-padded batch, for every LLM family."""
