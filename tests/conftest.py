@@ -1,6 +1,8 @@
 """Fixtures shared across test folders: real tiny LLMs (Llama, Phi-3, Qwen2) with a BPE tokenizer trained here,
 and a tiny LaMed built on them."""
 
+import socket
+
 import pytest
 import torch
 
@@ -46,3 +48,10 @@ def tiny_lamed(llm_dir, **kwargs):
     return build_lamed(VIT, llm_dir, tokenizer, **kwargs).eval(), tokenizer
 
 
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now, for a gloo rendezvous between test processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

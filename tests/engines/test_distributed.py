@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
@@ -17,15 +16,9 @@ from ignite.engine import Engine
 from m3d_components.engines.distributed import ReplicaSyncCheck, fsdp_resume_disabled, shard_lamed
 from m3d_components.models.compiled import compile_blocks
 from m3d_components.models.trainable import STAGE_PARTS, LoRASettings, prepare_training, trained_state_dict
-from tests.conftest import N_IMAGE_TOKENS, VIT, tiny_lamed
+from tests.conftest import N_IMAGE_TOKENS, VIT, free_port, tiny_lamed
 
 BATCH, TEXT = 4, 12
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stage2(llm_dir: str) -> torch.nn.Module:
@@ -95,7 +88,7 @@ def _check_one_step(rank: int, world: int, llm_dir: str, mode: str) -> None:
 
 def test_two_process_step_equals_one_process_step_and_replicas_stay_equal(llama_dir):
     """DDP, then FSDP, in the same two processes (one start-up for both)."""
-    mp.spawn(_worker, args=(2, _free_port(), str(llama_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(llama_dir)), nprocs=2, join=True)
 
 
 def test_sync_check_is_a_no_op_in_one_process(llama_dir):

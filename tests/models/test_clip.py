@@ -1,5 +1,6 @@
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers import BertConfig, BertModel
 
 from m3d_components.models.clip import M3DCLIP, clip_loss
 from m3d_components.models.vision import ViTConfig, VisionTransformer3D
+from tests.conftest import free_port
 
 VIT = dict(img_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2)
 
@@ -81,16 +83,14 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
 
 def test_two_ranks_score_the_global_batch():
     """Each rank holds 2 of 4 pairs; with all-gather the loss (and the averaged gradient) equals one process on 4."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = 29500 + os.getpid() % 1000
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    queue = mp.get_context("spawn").Queue()
+    # a port free now (a pid-derived one once hung the rendezvous); the results are read before joining, since a
+    # process does not exit before its queued items are read; join raises a rank's error
+    ranks = mp.spawn(_worker, args=(2, free_port(), queue), nprocs=2, join=False)
+    results = sorted(queue.get(timeout=300) for _ in range(2))
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=30):  # True once every rank has exited (an error in one is raised here)
+        assert time.monotonic() < deadline, "the two ranks did not exit within 5 minutes"
     single = _model()
     image, ids = _batch(4)
     out = single(image, input_ids=ids)
