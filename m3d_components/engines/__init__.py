@@ -1,43 +1,11 @@
-"""Engines: MONAI/Ignite glue that wires data, models and metrics into training, evaluation and inference."""
+"""Engines: MONAI/Ignite glue that wires data, models and metrics into training, evaluation and inference.
 
-from m3d_components.engines import (
-    batch,
-    bench,
-    checkpoint,
-    collate,
-    demo,
-    distributed,
-    embeddings,
-    infer,
-    instruct,
-    merge,
-    optim,
-    paths,
-    pipeline,
-    reports,
-    retrieval,
-    settings,
-    speed,
-    tracking,
-)
+Submodules load on first use (:mod:`m3d_components._lazy`)."""
+
+from m3d_components._lazy import lazy_submodules
 
 __all__ = [
-    "batch",
-    "bench",
-    "checkpoint",
-    "collate",
-    "demo",
-    "distributed",
-    "embeddings",
-    "infer",
-    "instruct",
-    "merge",
-    "optim",
-    "paths",
-    "pipeline",
-    "reports",
-    "retrieval",
-    "settings",
-    "speed",
-    "tracking",
+    "batch", "bench", "checkpoint", "collate", "demo", "distributed", "embeddings", "infer", "instruct", "merge",
+    "optim", "paths", "pipeline", "reports", "retrieval", "settings", "speed", "tracking",
 ]
+__getattr__, __dir__ = lazy_submodules(__name__, __all__)
