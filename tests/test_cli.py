@@ -1,9 +1,8 @@
-"""The `m3d` command as a user types it (subprocesses, real files)."""
+"""The `m3d` command as a user types it (`python -m m3d_components.cli`, see tests/launch.py; real files)."""
 
 import inspect
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,13 @@ import pytest
 from m3d_components.cli import M3DCommand
 from m3d_components.data.demo import make_demo_data
 
+from .launch import run_module
+
 ITK = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
 
 
 def m3d(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "m3d_components.cli", *args], capture_output=True, text=True)
+    return run_module("m3d_components.cli", *args, cwd=Path.cwd())
 
 
 def test_demo_defaults_match_the_library():

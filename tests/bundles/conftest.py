@@ -1,4 +1,5 @@
-"""Running bundles as users do: `python -m monai.bundle run` in a subprocess, outputs in a temporary folder."""
+"""Running bundles as users do, `python -m monai.bundle run` (forked from a preloaded server, see tests/launch.py;
+under `torchrun` in a subprocess), outputs in a temporary folder."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import json
 import os
 import time
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from ..launch import REPO, run_module
+
 BUNDLES = REPO / "bundles"
 
 
@@ -19,11 +20,11 @@ def bundle_run(bundle: str, configs: list[str], *overrides: str, env: dict | Non
                launcher: list[str] | None = None, run_id: str = "run") -> subprocess.CompletedProcess:
     """Run ``bundles/<bundle>/configs/<configs…>`` with ``--key value`` overrides (``run_id``: the expression list)."""
     files = [str(BUNDLES / bundle / "configs" / c) for c in configs]
-    command = [*(launcher or [sys.executable]), "-m", "monai.bundle", "run", "--run_id", run_id,
-               "--config_file", str(files), *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                            env={**os.environ, **(env or {})})
-    return result
+    args = ["run", "--run_id", run_id, "--config_file", str(files), *overrides]
+    if launcher is None:
+        return run_module("monai.bundle", *args, env=env, timeout=timeout)
+    return subprocess.run([*launcher, "-m", "monai.bundle", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, **(env or {})})
 
 
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

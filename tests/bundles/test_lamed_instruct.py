@@ -4,7 +4,6 @@ inference on a real NIfTI, LoRA merge, resume after a kill, DDP, and clear error
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ..launch import run_module
 from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, lamed_dirs, read_json
 
 BUNDLE = "lamed_instruct"
@@ -129,10 +129,10 @@ def test_inference_on_a_real_nifti_gives_boxes_in_voxels_and_mm(trained, demo_di
 
 def test_m3d_infer_on_a_demo_volume(trained, demo_dir, clip_trained, tmp_path):
     volume = demo_dir / "images" / "test" / "test_00000.npy"
-    command = [sys.executable, "-m", "m3d_components.cli", "infer", "--image", str(volume), "--demo",
+    command = ["infer", "--image", str(volume), "--demo",
                "--question", REC_QUESTION, "--out", str(tmp_path),
                *_dirs(demo_dir, clip_trained, trained)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=BUNDLES.parent)
+    result = run_module("m3d_components.cli", *command, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = read_json(tmp_path / "answer.json")
     assert answer["answer"] and answer["question"] == REC_QUESTION and answer["image"] == str(volume)
@@ -142,7 +142,7 @@ def test_m3d_infer_on_a_demo_volume(trained, demo_dir, clip_trained, tmp_path):
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.random.default_rng(0).random((1, 16, 64, 64), dtype=np.float32))
     command[command.index(str(volume))] = str(wrong)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=BUNDLES.parent)
+    result = run_module("m3d_components.cli", *command, timeout=600)
     assert result.returncode != 0 and "wrong shape (1, 16, 64, 64), expected (1, 32, 64, 64)" in result.stderr
 
 

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -8,6 +6,7 @@ import pytest
 
 from m3d_components.data.validate import validate_data
 
+from ..launch import run_module
 from .conftest import vqa_row
 
 
@@ -54,11 +53,11 @@ def test_missing_index_file(tmp_path):
 
 
 def test_cli_exit_status_and_summary_line(vqa_csv):
-    run = [sys.executable, "-m", "m3d_components.cli", "validate-data", "m3d-vqa", str(vqa_csv)]
-    ok = subprocess.run(run, capture_output=True, text=True)
+    run = ["validate-data", "m3d-vqa", str(vqa_csv)]
+    ok = run_module("m3d_components.cli", *run)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.strip().splitlines()[-1]) == {"format": "m3d-vqa", "records": 5, "valid": 5, "errors": 0}
     (vqa_csv.parent / "ct/000/axial.npy").unlink()
-    bad = subprocess.run(run, capture_output=True, text=True)
+    bad = run_module("m3d_components.cli", *run)
     lines = bad.stdout.strip().splitlines()
     assert bad.returncode == 1 and len(lines) == 6 and json.loads(lines[-1])["errors"] == 5
