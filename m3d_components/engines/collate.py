@@ -76,8 +76,9 @@ class InstructionCollator:
             rows as long as the longest sample, with ``position_ids`` restarting at each sample and no
             ``attention_mask``, from which transformers builds a mask that keeps attention inside each sample. The
             loss is the padded batch's; the LLM runs on fewer rows (42 % of a demo stage-2 batch was padding). Every
-            per-sample output (images, prompts, kept fields) follows the packed order, the order in which the
-            image placeholders appear row by row. Not with ``masks``.
+            per-sample output (images, masks, prompts, kept fields) follows the packed order, the order in which the
+            image placeholders appear row by row (which is how :class:`~m3d_components.models.lamed_seg.LaMedSeg`
+            finds each sample's ``[SEG]``).
 
     Raises:
         ValueError: a prompt that does not fit ``max_length``, naming the sample's image and task.
@@ -90,8 +91,6 @@ class InstructionCollator:
     ) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the LLM tokenizer needs eos and pad tokens (see add_lamed_tokens)")
-        if pack and masks:
-            raise ValueError("packing is not supported for [SEG] training with masks (lamed_seg): use pack=False")
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length

@@ -37,6 +37,7 @@ __all__ = [
     "PACKED_TRAIN_KEYS",
     "EVAL_KEYS",
     "SEG_TRAIN_KEYS",
+    "PACKED_SEG_TRAIN_KEYS",
     "SEG_EVAL_KEYS",
     "SEG_KEEP_KEYS",
     "SEG_TARGET_KEYS",
@@ -55,6 +56,7 @@ TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
 PACKED_TRAIN_KEYS = ("input_ids", "position_ids", "labels")  # InstructionCollator(pack=True)
 EVAL_KEYS = (*TRAIN_KEYS, "prompt_ids", "prompt_mask")
 SEG_TRAIN_KEYS = (*TRAIN_KEYS, "seg")
+PACKED_SEG_TRAIN_KEYS = (*PACKED_TRAIN_KEYS, "seg")
 SEG_EVAL_KEYS = (*EVAL_KEYS, "seg")
 TARGET_KEYS = ("task", "answer", "question", "question_type", "answer_letter", "choices", "box", "image_path")
 # Segmentation evaluation: the collator keeps SEG_KEEP_KEYS as lists (it stacks the masks itself, as ``seg``); the

@@ -25,6 +25,7 @@ from m3d_components.models.segmentation import (
     SegmenterConfig,
     SegPromptProjector,
     load_segmenter_weights,
+    packed_samples,
     seg_token_states,
 )
 from m3d_components.models.vision import ViTConfig, load_vit_weights
@@ -79,8 +80,9 @@ class LaMedSeg(LaMed):
 
         Args:
             image: (B, 1, D, H, W) volumes.
-            input_ids, attention_mask, labels: as for :class:`LaMed` (the answer, with ``[SEG]``, is in the ids).
-            seg: (B, 1, D, H, W) target masks (all-zero for samples without one), or None.
+            input_ids, attention_mask, labels: as for :class:`LaMed` (the answer, with ``[SEG]``, is in the ids);
+                packed rows (``position_ids`` and no mask) may hold several samples, each with its image block.
+            seg: (B, 1, D, H, W) target masks, one per image (all-zero for samples without one), or None.
 
         Returns:
             ``{"loss", "lm_loss", "logits"}`` and, when masks were predicted, ``"seg_loss"``, ``"mask_logits"`` and
@@ -96,7 +98,11 @@ class LaMedSeg(LaMed):
             return result
         if seg.shape[0] != image.shape[0] or seg.shape[2:] != image.shape[2:]:
             raise ValueError(f"seg {tuple(seg.shape)} does not match the images {tuple(image.shape)}")
-        states, found = seg_token_states(out["hidden_states"], input_ids, self.seg_token_id, attention_mask)
+        samples = None
+        if attention_mask is None and llm_kwargs.get("position_ids") is not None:  # packed rows, as in LaMed
+            samples = packed_samples(input_ids, llm_kwargs["position_ids"], self.image_token_id)
+        states, found = seg_token_states(out["hidden_states"], input_ids, self.seg_token_id, attention_mask, samples,
+                                         image.shape[0])
         use = found & seg.flatten(1).any(dim=1)
         if not bool(use.any()):
             return result

@@ -29,6 +29,7 @@ __all__ = [
     "SegmenterConfig",
     "convert_segvol_state_dict",
     "load_segmenter_weights",
+    "packed_samples",
     "seg_token_states",
 ]
 
@@ -148,7 +149,8 @@ class PromptableSegmenter(nn.Module):
 
 
 def seg_token_states(
-    hidden: torch.Tensor, token_ids: torch.Tensor, seg_token_id: int, mask: torch.Tensor | None = None
+    hidden: torch.Tensor, token_ids: torch.Tensor, seg_token_id: int, mask: torch.Tensor | None = None,
+    samples: torch.Tensor | None = None, num_samples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The LLM state that asks for each sample's mask: the hidden state of the token *before* ``[SEG]`` (the one
     whose output predicts ``[SEG]``), averaged when a sample has several; no loop over the batch.
@@ -158,22 +160,47 @@ def seg_token_states(
         token_ids: (B, L) the ids at those positions (prompt + answer when training, generated ids when generating).
         seg_token_id: the id of ``[SEG]``.
         mask: (B, L) positions that count (e.g. the attention mask); None counts all.
+        samples: (B, L) the sample each position belongs to, for packed rows holding several samples (see
+            :func:`packed_samples`); None: one sample per row.
+        num_samples: how many samples there are when ``samples`` is given.
 
     Returns:
-        (B, H) states (zeros where a sample has no ``[SEG]``) and (B,) bool: which samples have one. A ``[SEG]`` at
-        position 0 has no preceding state and is not counted.
+        (N, H) states (zeros where a sample has no ``[SEG]``) and (N,) bool: which samples have one; N = B without
+        ``samples``. A ``[SEG]`` at position 0 has no preceding state and is not counted.
     """
     if hidden.shape[:2] != token_ids.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and token ids {tuple(token_ids.shape)} disagree")
     is_seg = token_ids == seg_token_id
     if mask is not None:
         is_seg = is_seg & mask.bool()
-    before = torch.zeros_like(is_seg)
-    before[:, :-1] = is_seg[:, 1:]  # position t counts when t + 1 holds [SEG]
-    weights = before.to(hidden.dtype)
-    counts = weights.sum(dim=1)
-    states = torch.einsum("bl,blh->bh", weights, hidden) / counts.clamp(min=1)[:, None]
-    return states, counts > 0
+    if samples is None:
+        samples = torch.arange(token_ids.shape[0], device=token_ids.device)[:, None].expand_as(token_ids)
+        num_samples = token_ids.shape[0]
+    elif num_samples is None:
+        raise ValueError("num_samples is needed with samples")
+    is_seg[:, 0] = False  # nothing precedes it
+    seg_at = is_seg.nonzero(as_tuple=True)
+    owner = samples[seg_at]  # the sample of each [SEG]; its state is the one a position earlier
+    states = hidden.new_zeros((num_samples, hidden.shape[-1])).index_add_(0, owner, hidden[seg_at[0], seg_at[1] - 1])
+    counts = torch.zeros(num_samples, dtype=hidden.dtype, device=hidden.device).index_add_(
+        0, owner, torch.ones_like(owner, dtype=hidden.dtype))
+    return states / counts.clamp(min=1)[:, None], counts > 0
+
+
+def packed_samples(token_ids: torch.Tensor, position_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """(B, L) the sample of each position in packed rows (see :mod:`~m3d_components.models.packing`).
+
+    A run of positions from a position id 0 to the next is a sample when it holds an image placeholder block; the
+    ``k``-th such run, row by row, is sample ``k`` (the ``k``-th image, as :meth:`LaMed.embed
+    <m3d_components.models.lamed.LaMed.embed>` places them). A run without a block (a row's padding) belongs to the
+    sample before it.
+    """
+    run = (position_ids == 0).flatten().cumsum(0) - 1  # run index of every position, row by row
+    is_image = token_ids == image_token_id
+    runs_with_image = torch.zeros(int(run[-1]) + 1, dtype=torch.long, device=token_ids.device)
+    runs_with_image.index_fill_(0, run[is_image.flatten()], 1)
+    sample_of_run = (runs_with_image.cumsum(0) - 1).clamp(min=0)
+    return sample_of_run[run].view_as(token_ids)
 
 
 class SegPromptProjector(nn.Sequential):

@@ -184,11 +184,11 @@ def test_real_local_llm_on_the_demo_corpus_and_the_real_report(tmp_path):
     assert summary["kept"] + sum(summary["removed"].values()) == 18
     report = validate_data("m3d-vqa", out)
     assert report.problems == [] and report.records == summary["kept"]
-    checked = check_vqa(out, llm, max_new_tokens=24)
+    checked = check_vqa(out, llm, batch_size=18, max_new_tokens=24)
     assert checked["items"] == summary["kept"]
     assert set(pd.read_csv(tmp_path / "vqa_checked.csv")["Check"]) <= {1, 0, -1}
     enhanced = generate_seg_instructions(demo / "M3D_Seg", tmp_path / "seg", splits=("test",), data_root=demo,
-                                         enhance_llm=llm, rewordings=1)
+                                         enhance_llm=llm, rewordings=1, batch_size=33)
     assert enhanced["rewording"]["definitions"] == 33 and enhanced["rewording"]["asked"] == 33
     assert validate_data("m3d-instructions", tmp_path / "seg").problems == []
 

@@ -152,10 +152,8 @@ def test_packed_batch_gives_the_padded_batch_loss_and_gradients(llm_dir):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_packing_refuses_masks_and_images_must_match_the_blocks(llm_dir):
+def test_packed_images_must_match_the_blocks(llm_dir):
     model, tokenizer = _model(llm_dir)
-    with pytest.raises(ValueError, match="packing is not supported for \\[SEG\\] training with masks"):
-        InstructionCollator(tokenizer, N_IMAGE_TOKENS, pack=True, masks=True)
     samples = _samples(4)
     packed = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128, pack=True)(samples)
     assert packed["input_ids"].shape[0] < 4

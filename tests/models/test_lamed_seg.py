@@ -83,6 +83,45 @@ def test_collated_batches_carry_masks_for_seg_training(model):
     assert "seg" not in InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128)(samples)
 
 
+def test_packed_seg_batch_gives_the_padded_batch_losses_and_gradients(model):
+    """Packed rows hold several samples; each [SEG] state goes to its own sample's image and mask."""
+    from m3d_components.engines.collate import InstructionCollator
+
+    model, tokenizer = model
+    model.eval()  # the prompt projector's dropout would draw differently for the two orders
+    generator = torch.Generator().manual_seed(0)
+    answers = [f"It is here: {SEG_TOKEN}.", "There is no spleen in this scan.", "A. Axial",
+               f"The liver, which spans most of the upper abdomen, is here: {SEG_TOKEN}.", f"Here: {SEG_TOKEN}."]
+    samples = []
+    for i, answer in enumerate(answers):
+        mask = torch.zeros(1, *VIT.img_size, dtype=torch.bool)
+        mask[:, 2 + i:8, 10:30 + 4 * i, 10:30] = True
+        sample = {"image": torch.rand(1, *VIT.img_size, generator=generator), "question": "Segment the liver.",
+                  "answer": answer, "task": "ss", "image_path": f"case{i}.npy"}
+        if SEG_TOKEN in answer:
+            sample["seg"] = mask
+        samples.append(sample)
+    padded = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128, masks=True)(samples)
+    packed = InstructionCollator(tokenizer, N_IMAGE_TOKENS, max_length=128, masks=True, pack=True)(samples)
+    assert packed["input_ids"].shape[0] < len(samples), packed["position_ids"]
+    order = [int(path[len("case"):-len(".npy")]) for path in packed["image_path"]]
+    assert torch.equal(packed["seg"], padded["seg"][order])
+    outs, grads = [], []
+    for batch, mask in ((padded, {"attention_mask": padded["attention_mask"]}),
+                        (packed, {"position_ids": packed["position_ids"]})):
+        model.zero_grad()
+        out = model(batch["image"], batch["input_ids"], labels=batch["labels"], seg=batch["seg"], **mask)
+        out["loss"].backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert sorted(order[i] for i in outs[1]["seg_index"].tolist()) == outs[0]["seg_index"].tolist() == [0, 3, 4]
+    for key in ("lm_loss", "seg_loss", "loss"):
+        torch.testing.assert_close(outs[1][key], outs[0][key], rtol=1e-5, atol=1e-6, msg=key)
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("seg_projector.") for n in grads[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_segment_finds_the_state_before_seg_in_generated_answers(model):
     """Masks of generated answers: a left-padded batch equals one-by-one, tokens after EOS are ignored, and a
     [SEG] generated first is found (its preceding state is the prompt's last)."""

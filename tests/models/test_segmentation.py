@@ -15,6 +15,7 @@ from m3d_components.models.segmentation import (
     SegmenterConfig,
     SegPromptProjector,
     convert_segvol_state_dict,
+    packed_samples,
     seg_token_states,
 )
 from m3d_components.models.vision import ViTConfig
@@ -144,3 +145,18 @@ def test_seg_states_are_those_of_the_token_before_seg_averaged_per_sample():
         seg_token_states(hidden, ids[:, :5], seg)
     projector = SegPromptProjector(3, 32)
     assert projector(states).shape == (2, 32)
+
+
+def test_packed_rows_give_each_sample_its_own_seg_state():
+    im, seg, bos, pad = 7, 9, 1, 0
+    ids = torch.tensor([[bos, im, im, 3, seg, bos, im, im, 4, 5, seg, 6],   # samples 0 and 1
+                        [bos, im, im, 2, 2, 2, seg, 3, seg, pad, pad, pad]])  # sample 2 (two [SEG]), then padding
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2]])
+    samples = packed_samples(ids, positions, im)
+    assert samples.tolist() == [[0] * 5 + [1] * 7, [2] * 12]
+    hidden = torch.randn(2, 12, 4)
+    states, found = seg_token_states(hidden, ids, seg, samples=samples, num_samples=3)
+    assert found.tolist() == [True, True, True]
+    torch.testing.assert_close(states, torch.stack([hidden[0, 3], hidden[0, 9], (hidden[1, 5] + hidden[1, 7]) / 2]))
+    with pytest.raises(ValueError, match="num_samples"):
+        seg_token_states(hidden, ids, seg, samples=samples)
