@@ -114,8 +114,8 @@ def test_image_only_entry_as_monai_label_runs_it(inference):
 
 
 def test_two_process_gloo_training(demo_dir, clip_trained, lamed_trained, tmp_path, clean_mlflow_env):
-    """multi_gpu_train.json under torchrun (gloo on CPU): batches without a mask leave the segmenter unused, which
-    DDP must tolerate (find_unused_parameters)."""
+    """multi_gpu_train.json under torchrun (gloo on CPU), with packed batches: batches without a mask leave the
+    segmenter unused, which DDP must tolerate (find_unused_parameters)."""
     import sys
 
     import mlflow
@@ -123,14 +123,15 @@ def test_two_process_gloo_training(demo_dir, clip_trained, lamed_trained, tmp_pa
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = bundle_run(BUNDLE, [*TRAIN, "multi_gpu_train.json"], *_dirs(demo_dir, clip_trained, lamed_trained, tmp_path),
-                        "--samples_per_epoch", "64", "--val_samples_per_task", "4", launcher=launcher)
+                        "--samples_per_epoch", "64", "--val_samples_per_task", "4", "--pack_sequences", "True",
+                        launcher=launcher)
     check(result)
     assert "replicas in sync" in result.stdout  # ReplicaSyncCheck compared both ranks' weights at the end
     trained = load_file(str(tmp_path / "models" / "trained.safetensors"))
     assert any(k.startswith("segmenter.") for k in trained) and any("lora_" in k for k in trained)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
     runs = client.search_runs(client.get_experiment_by_name(BUNDLE).experiment_id)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.params["pack_sequences"] == "True"
 
 
 def test_clear_errors_before_any_training(demo_dir, clip_trained, tmp_path):
