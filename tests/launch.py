@@ -11,6 +11,7 @@ Launchers (``torchrun``) and checks of the interpreter itself still use :mod:`su
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import multiprocessing
 import os
 import runpy
@@ -44,7 +45,9 @@ def _main(module: str, args: list[str], env: dict[str, str], cwd: str, stdout: s
     os.chdir(cwd)
     sys.path.insert(0, cwd)
     sys.argv = [module, *args]
-    sys.modules.pop(module, None)  # preloaded; `python -m` runs a module that is not imported yet
+    spec = importlib.util.find_spec(module)  # `python -m` runs a module that is not imported yet
+    if spec is not None:
+        sys.modules.pop(f"{module}.__main__" if spec.submodule_search_locations is not None else module, None)
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:  # what interpreter exit does; multiprocessing then flushes the streams and exits with the status
