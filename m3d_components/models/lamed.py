@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from m3d_components.data.tokens import IMAGE_TOKEN, SEG_TOKEN, SPECIAL_TOKENS
 from m3d_components.models.local import load_causal_lm, load_tokenizer, resolve_local_model
+from m3d_components.models.packing import is_packed
 from m3d_components.models.perceiver import SpatialPoolingPerceiver
 from m3d_components.models.vision import ViTConfig, VisionTransformer3D, load_vit_weights
 
@@ -150,7 +151,7 @@ class LaMed(nn.Module):
             positions only, (N, V) in row-major order (those predicting ``labels[:, 1:][labels[:, 1:] != -100]``);
             plus ``"hidden_states"`` (the last layer's, (B, L, H)) when ``output_hidden_states=True`` is passed.
         """
-        packed = attention_mask is None and llm_kwargs.get("position_ids") is not None
+        packed = is_packed(attention_mask, llm_kwargs.get("position_ids"))
         embeds = self.embed(input_ids, image, packed)
         if labels is None:
             out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)

@@ -20,6 +20,7 @@ from torch import nn
 
 from m3d_components.data.tokens import SEG_TOKEN
 from m3d_components.models.lamed import LaMed, build_lamed
+from m3d_components.models.packing import is_packed
 from m3d_components.models.segmentation import (
     PromptableSegmenter,
     SegmenterConfig,
@@ -99,7 +100,7 @@ class LaMedSeg(LaMed):
         if seg.shape[0] != image.shape[0] or seg.shape[2:] != image.shape[2:]:
             raise ValueError(f"seg {tuple(seg.shape)} does not match the images {tuple(image.shape)}")
         samples = None
-        if attention_mask is None and llm_kwargs.get("position_ids") is not None:  # packed rows, as in LaMed
+        if is_packed(attention_mask, llm_kwargs.get("position_ids")):
             samples = packed_samples(input_ids, llm_kwargs["position_ids"], self.image_token_id)
         states, found = seg_token_states(out["hidden_states"], input_ids, self.seg_token_id, attention_mask, samples,
                                          image.shape[0])

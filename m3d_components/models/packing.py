@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pack_order", "packed_rows"]
+__all__ = ["is_packed", "pack_order", "packed_rows"]
 
 
 def pack_order(lengths: Sequence[int], width: int = 0) -> list[list[int]]:
@@ -54,3 +54,8 @@ def packed_rows(
             start = end
         positions[r, start:] = torch.arange(width - start)
     return ids, positions, labels
+
+
+def is_packed(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None) -> bool:
+    """Whether a batch is packed rows: position ids given without an attention mask (what :func:`packed_rows` makes)."""
+    return attention_mask is None and position_ids is not None
