@@ -115,8 +115,8 @@ class GenerateCommand:
                          llm: str | None = None, rewordings: int = 3, batch_size: int = 8):
         """REC, REG, SS and RES instructions (class-name and definition variants, negatives) from image–mask pairs.
 
-        Writes OUT/seg_instructions_<split>.jsonl, read by the bundles (``seg_instructions_dir``) and checked by
-        ``m3d validate-data m3d-instructions``.
+        Writes OUT/seg_instructions_<split>.jsonl, read by lamed_instruct and lamed_seg (``seg_instructions_dir``)
+        and checked by ``m3d validate-data m3d-instructions``.
 
         Args:
             seg: an M3D-Seg folder in the LaMed-ready layout.

@@ -71,3 +71,21 @@ def test_prepare_volume_from_nifti(tmp_path):
 def test_bad_size_argument_is_explained(tmp_path):
     result = m3d("make-demo-data", str(tmp_path / "d"), "--size", "32,64")
     assert result.returncode != 0 and "three positive integers" in result.stderr
+
+
+def test_misspelled_infer_option_is_refused_before_anything_loads(tmp_path):
+    scan = tmp_path / "scan.npy"
+    np.save(scan, np.zeros((32, 64, 64), dtype=np.float32))
+    result = m3d("infer", "--image", str(scan), "--question", "Where is the liver?", "--llm_pth", str(tmp_path))
+    assert result.returncode != 0
+    assert "unknown settings for lamed_instruct (train.json, inference.json)" in result.stderr
+    assert "llm_pth: not a key of these configs (did you mean llm_path?)" in result.stderr
+
+
+def test_missing_scan_and_weights_are_named_before_the_model_is_built(tmp_path):
+    result = m3d("infer", "--image", str(tmp_path / "scan.nii.gz"), "--weights", str(tmp_path / "w.safetensors"),
+                 "--llm_path", str(tmp_path / "no-llm"))
+    assert result.returncode != 0
+    assert f"weights: {tmp_path / 'w.safetensors'} does not exist" in result.stderr
+    assert f"image: {tmp_path / 'scan.nii.gz'} does not exist" in result.stderr
+    assert "LLM folder" not in result.stderr  # nothing was built

@@ -29,6 +29,8 @@ from scipy import stats
 
 from m3d_components.data.boxes import parse_boxes
 from m3d_components.engines.instruct import has_box, prediction_row, score_sample
+from m3d_components.engines.paths import find_bundle
+from m3d_components.engines.settings import check_overrides
 from m3d_components.engines.tracking import experiment_name, mlflow_key, tracking_uri
 from m3d_components.metrics.boxes import enclosing_overlap
 from m3d_components.metrics.judge import judge_messages, parse_judge_score
@@ -40,6 +42,7 @@ __all__ = [
     "PredictionLog",
     "bench_checkpoint",
     "bootstrap_summary",
+    "checkpoint_tasks",
     "judge_scores",
     "compare_runs",
     "markdown_table",
@@ -198,8 +201,6 @@ def markdown_table(summaries: dict[str, dict[str, dict[str, Any]]], metrics: Seq
 
 def _bundle_parser(bundle: str, configs: Sequence[str], overrides: dict[str, Any]):
     from monai.bundle import ConfigParser
-
-    from m3d_components.engines.paths import find_bundle
 
     parser = ConfigParser()
     parser.read_config([str(Path(find_bundle(bundle)) / "configs" / c) for c in configs])
@@ -383,6 +384,48 @@ def _generated_scores(
     return scores
 
 
+def checkpoint_tasks(checkpoint: dict[str, Any], tasks: Sequence[str]) -> list[str]:
+    """The tasks of ``tasks`` that ``checkpoint`` answers, after checking its entry — so that
+    :func:`run_bench` finds a bad third checkpoint before the first has generated anything.
+
+    Raises:
+        ValueError: an unknown task, a key missing from the entry, ``image_free`` on a CLIP checkpoint, or no task
+            left for it.
+        SettingsError: an override that names no key of its bundle's configs.
+        FileNotFoundError: its weights do not exist.
+    """
+    unknown = sorted(set(tasks) - set(BENCH_TASKS))
+    if unknown:
+        raise ValueError(f"unknown bench task(s) {unknown}; available: {BENCH_TASKS}")
+    for key in ("name", "bundle", "weights"):
+        if not checkpoint.get(key):
+            raise ValueError(f"checkpoint {checkpoint} lacks {key!r}")
+    name, bundle = checkpoint["name"], checkpoint["bundle"]
+    configs = [str(Path(find_bundle(bundle)) / "configs" / c) for c in checkpoint.get("configs", ["train.json"])]
+    check_overrides(configs, checkpoint.get("overrides", {}), f"checkpoint {name!r} ({bundle})")
+    if not Path(checkpoint["weights"]).is_file():
+        raise FileNotFoundError(f"checkpoint {name!r}: weights {checkpoint['weights']} do not exist")
+    asked = [t for t in tasks if checkpoint.get("tasks") is None or t in checkpoint["tasks"]]
+    if bundle == "clip_pretrain":
+        if checkpoint.get("image_free"):
+            raise ValueError(f"checkpoint {name!r}: image_free applies to LaMed checkpoints only")
+        answered = [t for t in asked if t == "itr"]
+    else:
+        answered = [t for t in asked if t != "itr" and (bundle == "lamed_seg" or t not in MASK_TASKS)]
+    if not answered:
+        raise ValueError(f"checkpoint {name!r} ({bundle}) answers none of the tasks asked of it ({list(asked)}): "
+                         "remove it from checkpoints or ask for its tasks")
+    return answered
+
+
+def _require_models(bertscore_model: str | os.PathLike | None, judge_model: str | os.PathLike | None) -> None:
+    """The scoring models exist locally (a BERTScore encoder folder; a judge folder or GGUF file)."""
+    if bertscore_model is not None and not (Path(bertscore_model) / "config.json").is_file():
+        raise FileNotFoundError(f"bertscore_model {bertscore_model} is not a local model folder (no config.json)")
+    if judge_model is not None and not Path(judge_model).exists():
+        raise FileNotFoundError(f"judge_model {judge_model} does not exist")
+
+
 def bench_checkpoint(
     checkpoint: dict[str, Any], tasks: Sequence[str], output_dir: str | os.PathLike, *, split: str = "test",
     samples_per_task: int | None = None, batch_size: int = 8, max_new_tokens: int = 256,
@@ -400,24 +443,11 @@ def bench_checkpoint(
         static_cache: decode with a fixed-shape KV cache (CUDA graphs on a GPU; see
             :class:`~m3d_components.engines.instruct.GenerationInferer`); the answers are the same.
     """
-    unknown = sorted(set(tasks) - set(BENCH_TASKS))
-    if unknown:
-        raise ValueError(f"unknown bench task(s) {unknown}; available: {BENCH_TASKS}")
-    for key in ("name", "bundle", "weights"):
-        if not checkpoint.get(key):
-            raise ValueError(f"checkpoint {checkpoint} lacks {key!r}")
-    if not Path(checkpoint["weights"]).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint['name']!r}: weights {checkpoint['weights']} do not exist")
+    tasks = checkpoint_tasks(checkpoint, tasks)
     out = Path(output_dir) / checkpoint["name"]
-    if checkpoint.get("tasks") is not None:
-        tasks = [t for t in tasks if t in checkpoint["tasks"]]
     if checkpoint["bundle"] == "clip_pretrain":
-        tasks = [t for t in tasks if t == "itr"]
-        if checkpoint.get("image_free"):
-            raise ValueError(f"checkpoint {checkpoint['name']!r}: image_free applies to LaMed checkpoints only")
-        scores = _itr_scores(checkpoint, split) if tasks else {}
+        scores = _itr_scores(checkpoint, split)
     else:
-        tasks = [t for t in tasks if t != "itr" and (checkpoint["bundle"] == "lamed_seg" or t not in MASK_TASKS)]
         scores = _generated_scores(checkpoint, tasks, out, split=split, samples_per_task=samples_per_task,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    bertscore_model=bertscore_model, meteor=meteor, seed=seed,
@@ -467,6 +497,9 @@ def run_bench(checkpoints: Sequence[dict[str, Any]], tasks: Sequence[str], outpu
     names = [c.get("name") for c in checkpoints]
     if len(set(names)) != len(names):
         raise ValueError(f"checkpoint names must be unique, got {names}")
+    for checkpoint in checkpoints:  # every entry and model checked before any work
+        checkpoint_tasks(checkpoint, tasks)
+    _require_models(kwargs.get("bertscore_model"), kwargs.get("judge_model"))
     summaries = {c["name"]: bench_checkpoint(c, tasks, output_dir, **kwargs) for c in checkpoints}
     table = markdown_table(summaries, headline_keys(summaries))
     Path(output_dir, "comparison.md").write_text(table)

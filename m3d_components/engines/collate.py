@@ -112,7 +112,8 @@ class InstructionCollator:
             if len(ids) >= self.max_length:
                 raise ValueError(
                     f"the prompt of {sample.get('image_path', '?')} ({sample.get('task', '?')}) takes {len(ids)} "
-                    f"tokens, leaving no room for an answer in the context of {self.max_length}: shorten the question"
+                    f"tokens, leaving no room for an answer in the context of {self.max_length}: raise max_length or "
+                    "shorten the question"
                 )
         answer_ids = tok([" " + s["answer"] for s in samples], add_special_tokens=False)["input_ids"]
         sequences, targets = [], []

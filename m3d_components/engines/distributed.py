@@ -97,7 +97,7 @@ def shard_lamed(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     if compiled_blocks(model):
-        raise ValueError("compile_blocks is not supported with fsdp_train.json: pass --compile_blocks false "
+        raise ValueError("compile_blocks is not supported with fsdp_train.json: pass --compile_blocks False "
                          "(or train with train.json or multi_gpu_train.json)")
     model = model.to(device)
     llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
@@ -116,6 +116,6 @@ def fsdp_resume_disabled(resume: bool) -> bool:
     if resume:
         raise ValueError(
             "resume is not supported with fsdp_train.json (the optimizer state is sharded across ranks): "
-            "pass --resume false to start from init_weights, or train with multi_gpu_train.json (DDP) to resume"
+            "pass --resume False to start from init_weights, or train with multi_gpu_train.json (DDP) to resume"
         )
     return True

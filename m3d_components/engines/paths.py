@@ -35,9 +35,13 @@ def run_bundle(bundle: str, configs: list[str], run_id: str = "run", **overrides
     """
     from monai.bundle import ConfigWorkflow
 
+    from m3d_components.engines.settings import check_overrides
+
     root = Path(find_bundle(bundle)) / "configs"
+    files = [str(root / c) for c in configs]
+    check_overrides(files, overrides, f"{bundle} ({', '.join(configs)})")
     workflow = ConfigWorkflow(
-        config_file=[str(root / c) for c in configs], logging_file=str(root / "logging.conf"), workflow_type=None,
+        config_file=files, logging_file=str(root / "logging.conf"), workflow_type=None,
         run_id=run_id, **overrides,
     )
     workflow.initialize()

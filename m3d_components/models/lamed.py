@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from m3d_components.data.tokens import IMAGE_TOKEN, SEG_TOKEN, SPECIAL_TOKENS
 from m3d_components.models.local import load_causal_lm, load_tokenizer, resolve_local_model
 from m3d_components.models.packing import is_packed
-from m3d_components.models.perceiver import SpatialPoolingPerceiver
+from m3d_components.models.perceiver import SpatialPoolingPerceiver, pooled_token_count
 from m3d_components.models.vision import ViTConfig, VisionTransformer3D, load_vit_weights
 
 __all__ = ["LaMed", "add_lamed_tokens", "build_lamed", "lamed_tokenizer", "resize_with_mean_init"]
@@ -231,6 +231,10 @@ def build_lamed(
     :func:`~m3d_components.models.trainable.prepare_training`.
     """
     vision = VisionTransformer3D(vit_config)
+    image_tokens = pooled_token_count(vision.grid_size, pooling, pooling_size)  # a bad setting fails before the LLM
+    if image_tokens >= tokenizer.model_max_length:
+        raise ValueError(f"max_length {tokenizer.model_max_length} leaves no room for the {image_tokens} image tokens "
+                         f"(patch grid {tuple(vision.grid_size)} pooled by {pooling_size}): raise max_length")
     if vision_weights:
         load_vit_weights(vision, vision_weights)
         logger.info("loaded vision encoder weights from %s", vision_weights)

@@ -176,11 +176,11 @@ def build_lamed_seg(
             f"the segmentation encoder takes {tuple(segmenter_config.vit.img_size)} volumes but LaMed's takes "
             f"{tuple(vit_config.img_size)}: set both image sizes alike"
         )
-    lamed = build_lamed(vit_config, llm_path, tokenizer, **lamed_kwargs)
-    segmenter = PromptableSegmenter(segmenter_config)
+    segmenter = PromptableSegmenter(segmenter_config)  # before the LLM, so that a wrong weight path fails at once
     if segmenter_weights:
         load_segmenter_weights(segmenter, segmenter_weights)
     elif segmenter_vit_weights:
         load_vit_weights(segmenter.image_encoder, segmenter_vit_weights)
         logger.info("segmentation image encoder initialised from %s", segmenter_vit_weights)
+    lamed = build_lamed(vit_config, llm_path, tokenizer, **lamed_kwargs)
     return LaMedSeg.from_lamed(lamed, segmenter, tokenizer.convert_tokens_to_ids(SEG_TOKEN))

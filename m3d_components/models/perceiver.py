@@ -15,10 +15,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SpatialPoolingPerceiver"]
+__all__ = ["SpatialPoolingPerceiver", "pooled_token_count"]
 
 POOLING_TYPES = ("spatial", "sequence")
 LAYER_TYPES = ("mlp", "linear")
+
+
+def pooled_token_count(grid: Sequence[int], pooling: str, pooling_size: int) -> int:
+    """How many image tokens pooling the patch ``grid`` leaves, checked so that a bad setting fails before the LLM
+    loads (see :func:`~m3d_components.models.lamed.build_lamed`).
+
+    Raises:
+        ValueError: an unknown ``pooling``, ``pooling_size`` < 1, or a grid it does not divide.
+    """
+    if pooling not in POOLING_TYPES:
+        raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {pooling!r}")
+    if pooling_size < 1:
+        raise ValueError(f"pooling_size must be >= 1, got {pooling_size}")
+    grid = tuple(int(g) for g in grid)
+    if len(grid) != 3:
+        raise ValueError(f"grid must be (D, H, W), got {grid}")
+    if pooling == "spatial" and any(g % pooling_size for g in grid):
+        raise ValueError(f"every axis of the patch grid {grid} must be divisible by pooling_size {pooling_size}")
+    if pooling == "sequence" and math.prod(grid) % pooling_size**3:
+        raise ValueError(f"{math.prod(grid)} tokens are not divisible by pooling_size**3 = {pooling_size**3}")
+    return math.prod(grid) // pooling_size**3
 
 
 class SpatialPoolingPerceiver(nn.Module):
@@ -46,19 +67,12 @@ class SpatialPoolingPerceiver(nn.Module):
         num_layers: int = 2,
     ) -> None:
         super().__init__()
-        if pooling not in POOLING_TYPES:
-            raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {pooling!r}")
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"layer_type must be one of {LAYER_TYPES}, got {layer_type!r}")
-        if num_layers < 1 or pooling_size < 1:
-            raise ValueError(f"num_layers and pooling_size must be >= 1, got {num_layers}, {pooling_size}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        pooled_token_count(grid, pooling, pooling_size)
         self.grid = tuple(int(g) for g in grid)
-        if len(self.grid) != 3:
-            raise ValueError(f"grid must be (D, H, W), got {grid}")
-        if pooling == "spatial" and any(g % pooling_size for g in self.grid):
-            raise ValueError(f"every axis of the patch grid {self.grid} must be divisible by pooling_size {pooling_size}")
-        if pooling == "sequence" and math.prod(self.grid) % pooling_size**3:
-            raise ValueError(f"{math.prod(self.grid)} tokens are not divisible by pooling_size**3 = {pooling_size**3}")
         self.pooling = pooling
         self.pooling_size = pooling_size
         layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
@@ -71,7 +85,7 @@ class SpatialPoolingPerceiver(nn.Module):
     @property
     def num_tokens(self) -> int:
         """How many image tokens the LLM receives (256 at the paper configuration)."""
-        return math.prod(self.grid) // self.pooling_size**3
+        return pooled_token_count(self.grid, self.pooling, self.pooling_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, in_dim) patch tokens in depth-major grid order → (B, ``num_tokens``, out_dim)."""

@@ -71,6 +71,9 @@ class SegmenterConfig:
             )
         if self.vit.hidden_size % 8:
             raise ValueError(f"hidden_size must be a multiple of 8, got {self.vit.hidden_size}")
+        if self.num_heads < 1 or (self.vit.hidden_size // 2) % self.num_heads:
+            raise ValueError(f"the mask decoder's {self.num_heads} heads must divide half the hidden size "
+                             f"({self.vit.hidden_size // 2}, the width of its image-token attention)")
 
     @classmethod
     def paper(cls, **overrides: object) -> SegmenterConfig:

@@ -32,6 +32,20 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
+def with_generated_seg_instructions(bundle: str, demo_dir: Path, out: Path) -> tuple[dict, object]:
+    """`m3d generate seg-instructions` on the demo's train and validation masks, written to ``out``, and the parser
+    of ``bundle``'s demo training config reading them (``seg_instructions_dir``)."""
+    from monai.bundle import ConfigParser
+
+    from m3d_components.engines.generate import generate_seg_instructions
+
+    summary = generate_seg_instructions(demo_dir / "M3D_Seg", out, splits=("train", "validation"), data_root=demo_dir)
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / c) for c in ("train.json", "demo.json")])
+    parser.update({"demo_dir": str(demo_dir), "seg_instructions_dir": str(out)})
+    return summary, parser
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -104,6 +104,17 @@ def test_bad_setting_fails_before_models_load(demo_dir, tmp_path):
     assert not (tmp_path / "models").exists() and time.monotonic() - start < 120
 
 
+def test_misspelled_setting_and_empty_loader_stop_the_run(demo_dir, tmp_path):
+    """A misspelled override would otherwise be added as a new key and ignored; a training split smaller than one
+    batch would give a run that ends "successfully" without a step."""
+    typo = bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--lerning_rate", "1e-5")
+    assert typo.returncode != 0 and "lerning_rate: not a key of these configs (did you mean learning_rate?)" in typo.stderr
+    empty = bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--train#records", SUBSET.format(n=16))
+    assert empty.returncode != 0, empty.stdout[-2000:]
+    assert "the training data gives no batch: 16 samples and batch_size 32" in empty.stderr
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("*.safetensors"))
+
+
 def test_killed_run_resumes(demo_dir, tmp_path, monkeypatch_module):
     small = [*_dirs(demo_dir, tmp_path), "--train#records", SUBSET.format(n=256), "--epochs", "2",
              "--checkpoint_interval", "3"]

@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from ..launch import run_module
-from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, lamed_dirs, read_json
+from .conftest import (
+    BUNDLES, bundle_run, check, checked_layout, eval_metrics, lamed_dirs, read_json, with_generated_seg_instructions,
+)
 
 BUNDLE = "lamed_instruct"
 TRAIN = ["train.json", "demo.json"]
@@ -240,6 +242,10 @@ def test_clear_errors_before_any_training(demo_dir, clip_trained, tmp_path):
     assert no_stage1.returncode != 0 and "run stage 1 (--stage 1) first" in no_stage1.stderr
     long_question = bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "1", *SMALL, "--max_length", "24")
     assert long_question.returncode != 0 and "leaving no room for an answer" in long_question.stderr
+    no_room = bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "1", "--max_length", "16")
+    assert no_room.returncode != 0 and "max_length 16 leaves no room for the 16 image tokens" in no_room.stderr
+    stage3 = bundle_run(BUNDLE, TRAIN, *dirs, "--stage", "3")
+    assert stage3.returncode != 0 and "stage: 3 is not one of the stages with a recipe (1, 2)" in stage3.stderr
     assert not (tmp_path / "models" / "stage1" / "trained.safetensors").exists()
 
 
@@ -249,16 +255,9 @@ def test_bundle_layout_and_metadata():
 
 def test_generated_seg_instructions_feed_the_training_mixture(demo_dir, tmp_path):
     """`m3d generate seg-instructions` output replaces the on-the-fly REC/REG templates (`seg_instructions_dir`)."""
-    from monai.bundle import ConfigParser
-
     from m3d_components.data.instruction_file import InstructionFileDataset
-    from m3d_components.engines.generate import generate_seg_instructions
 
-    summary = generate_seg_instructions(demo_dir / "M3D_Seg", tmp_path, splits=("train", "validation"),
-                                        data_root=demo_dir)
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLES / BUNDLE / "configs" / c) for c in TRAIN])
-    parser.update({"demo_dir": str(demo_dir), "seg_instructions_dir": str(tmp_path)})
+    summary, parser = with_generated_seg_instructions(BUNDLE, demo_dir, tmp_path)
     datasets = parser.get_parsed_content("train#datasets")
     for task in ("rec", "reg"):
         assert isinstance(datasets[task], InstructionFileDataset)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, seg_dirs
+from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, seg_dirs, with_generated_seg_instructions
 
 BUNDLE = "lamed_seg"
 TRAIN = ["train.json", "demo.json"]
@@ -146,3 +146,19 @@ def test_bundle_layout_and_metadata():
     meta = checked_layout(BUNDLE)
     assert "monailabel" in meta["supported_apps"]
     assert list(meta["network_data_format"]["inputs"]) == ["image"]  # MONAI Label takes the first input as the image
+
+
+def test_generated_seg_instructions_feed_every_mask_task(demo_dir, tmp_path):
+    """`m3d generate seg-instructions` output replaces the templated REC/REG/SS/RES samples (`seg_instructions_dir`);
+    M3D-RefSeg still comes from its CSV."""
+    from m3d_components.data.instruction_file import InstructionFileDataset
+
+    summary, parser = with_generated_seg_instructions(BUNDLE, demo_dir, tmp_path)
+    datasets = parser.get_parsed_content("train#datasets")
+    assert {"ss", "res"} <= set(datasets)  # the demo's mixture: no REC/REG here
+    for task in {"rec", "reg", "ss", "res"} & set(datasets):
+        assert isinstance(datasets[task], InstructionFileDataset), task
+    assert len(datasets["ss"]) == summary["splits"]["train"]["ss/label"]
+    assert not isinstance(datasets["refseg"], InstructionFileDataset)
+    sample = datasets["res"][0]
+    assert sample["task"] == "res" and sample["seg"].shape[1:] == (32, 64, 64)

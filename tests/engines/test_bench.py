@@ -154,3 +154,25 @@ def test_real_local_judge_is_logged_and_resumed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ChatLM, "from_local", refuse)
     assert judge_scores(rows[:2], model, log) == scores  # everything logged: the judge is not even loaded
+
+
+def test_every_checkpoint_and_scoring_model_is_checked_before_any_work(tmp_path):
+    from m3d_components.engines.bench import checkpoint_tasks, run_bench
+    from m3d_components.engines.settings import SettingsError
+
+    weights = tmp_path / "w.safetensors"
+    weights.touch()
+    lamed = {"name": "lamed", "bundle": "lamed_instruct", "weights": str(weights)}
+    assert checkpoint_tasks(lamed, ["itr", "cvqa", "ss"]) == ["cvqa"]
+    assert checkpoint_tasks({**lamed, "bundle": "lamed_seg", "tasks": ["ss"]}, ["cvqa", "ss"]) == ["ss"]
+    with pytest.raises(ValueError, match=r"'lamed' \(lamed_instruct\) answers none of the tasks asked of it \(\['ss'\]\)"):
+        checkpoint_tasks(lamed, ["ss"])
+    with pytest.raises(SettingsError, match=r"checkpoint 'lamed' \(lamed_instruct\).*\n  dataset_dir_: not a key"):
+        checkpoint_tasks({**lamed, "overrides": {"dataset_dir_": "/data"}}, ["cvqa"])
+    out = tmp_path / "out"
+    later = {"name": "third", "bundle": "lamed_seg", "weights": str(tmp_path / "typo.safetensors")}
+    with pytest.raises(FileNotFoundError, match=r"checkpoint 'third': weights .*typo.safetensors do not exist"):
+        run_bench([lamed, {**lamed, "name": "second"}, later], ["cvqa"], out)
+    with pytest.raises(FileNotFoundError, match=r"bertscore_model .*roberta is not a local model folder"):
+        run_bench([lamed], ["rg"], out, bertscore_model=str(tmp_path / "roberta"))
+    assert not out.exists()  # nothing ran

@@ -206,3 +206,18 @@ def test_generation_refuses_right_padding_and_overlong_requests(llm_dir):
 def test_missing_llm_path_fails_fast(tmp_path):
     with pytest.raises(FileNotFoundError, match="LLM"):
         lamed_tokenizer(tmp_path / "no-such-llm")
+
+
+def test_pooling_and_context_are_checked_before_the_llm_loads(llama_dir, tmp_path):
+    """A pooling that does not divide the patch grid, or a context too short for the image tokens, is named before
+    the (here missing) LLM is opened."""
+    from m3d_components.models.lamed import build_lamed
+    from tests.conftest import VIT
+
+    tokenizer = lamed_tokenizer(llama_dir)
+    with pytest.raises(ValueError, match=r"patch grid \(4, 4, 4\) must be divisible by pooling_size 3"):
+        build_lamed(VIT, tmp_path / "no-llm", tokenizer, pooling_size=3)
+    short = lamed_tokenizer(llama_dir, model_max_length=N_IMAGE_TOKENS)
+    with pytest.raises(ValueError, match=rf"max_length {N_IMAGE_TOKENS} leaves no room for the {N_IMAGE_TOKENS} "
+                                         r"image tokens .*raise max_length"):
+        build_lamed(VIT, tmp_path / "no-llm", short)

@@ -46,6 +46,8 @@ def test_shapes_and_clear_errors():
     with pytest.raises(ValueError, match="no CLS token"):
         SegmenterConfig(vit=ViTConfig(img_size=(16, 32, 32), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64,
                                       num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match=r"3 heads must divide half the hidden size \(16"):
+        SegmenterConfig(vit=VIT, num_heads=3, mlp_dim=64)
     paper = PromptableSegmenter(SegmenterConfig.paper())
     decoder = sum(p.numel() for p in paper.mask_decoder.parameters())
     assert 110e6 < sum(p.numel() for p in paper.parameters()) < 125e6 and decoder > 20e6
