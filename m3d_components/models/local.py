@@ -8,6 +8,7 @@ pass ``local_files_only=True``; remote code stays off unless the caller asks for
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import is_flash_attn_2_available
 
 __all__ = ["CONFIG_FILE", "TOKENIZER_FILES", "resolve_local_model", "resolve_gguf", "load_tokenizer",
-           "load_text_encoder", "load_causal_lm"]
+           "check_context", "load_text_encoder", "load_causal_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,22 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, **kwarg
         return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1], local_files_only=True, **kwargs)
     folder = resolve_local_model(path, "tokenizer")
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def check_context(path: str | Path, length: int, what: str, setting: str) -> None:
+    """Refuse a token budget (``setting``) beyond the positions of the model in ``path``, before the model is built:
+    past them a BERT-style encoder fails deep inside its position embeddings.
+
+    Raises:
+        ValueError: e.g. ``max_text_length 1024 exceeds the 512 positions of the text encoder in /models/bert``.
+    """
+    config = resolve_local_model(path, what) / CONFIG_FILE
+    if not config.is_file():  # a tokenizer-only folder: loading the model names what is missing
+        return
+    limit = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    if limit is not None and length > limit:
+        raise ValueError(f"{setting} {length} exceeds the {limit} positions of the {what} in {config.parent}: "
+                         f"lower {setting}")
 
 
 def load_text_encoder(

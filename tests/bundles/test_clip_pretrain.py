@@ -104,11 +104,15 @@ def test_bad_setting_fails_before_models_load(demo_dir, tmp_path):
     assert not (tmp_path / "models").exists() and time.monotonic() - start < 120
 
 
-def test_misspelled_setting_and_empty_loader_stop_the_run(demo_dir, tmp_path):
-    """A misspelled override would otherwise be added as a new key and ignored; a training split smaller than one
-    batch would give a run that ends "successfully" without a step."""
+def test_misspelled_setting_long_texts_and_empty_loader_stop_the_run(demo_dir, tmp_path):
+    """A misspelled override would otherwise be added as a new key and ignored; texts longer than the encoder's
+    positions would fail inside BERT; a training split smaller than one batch would give a run that ends
+    "successfully" without a step."""
     typo = bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--lerning_rate", "1e-5")
     assert typo.returncode != 0 and "lerning_rate: not a key of these configs (did you mean learning_rate?)" in typo.stderr
+    long_text = bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--max_text_length", "1024")
+    assert long_text.returncode != 0 and "max_text_length 1024 exceeds the 512 positions of the text encoder" in \
+        long_text.stderr
     empty = bundle_run("clip_pretrain", TRAIN, *_dirs(demo_dir, tmp_path), "--train#records", SUBSET.format(n=16))
     assert empty.returncode != 0, empty.stdout[-2000:]
     assert "the training data gives no batch: 16 samples and batch_size 32" in empty.stderr

@@ -69,6 +69,10 @@ def test_interval_and_per_task_settings_are_checked():
     lamed = {k: v for k, v in lamed.items() if v is not None}
     with pytest.raises(SettingsError, match=r"val_samples_per_task: 'vqa_opne' is not one of"):
         check_settings({**lamed, "val_samples_per_task": {"vqa_opne": 50}}, LAMED / "settings_schema.json")
+    with pytest.raises(SettingsError, match=r"eval_samples_per_task: 'refseg' is not one of"):
+        check_settings({**lamed, "eval_samples_per_task": {"refseg": 5}}, LAMED / "settings_schema.json")
+    with pytest.raises(SettingsError, match=r"val_split: 'valid' is not one of"):
+        check_settings(_clip_settings(val_split="valid"), CLIP_SCHEMA)
 
 
 def test_a_stage_without_a_recipe_is_named():

@@ -137,3 +137,14 @@ def test_architecture_without_sdpa_falls_back_to_eager_with_warning(tmp_path, ca
         model = load_text_encoder(tmp_path)
     assert model.config._attn_implementation == "eager"
     assert "DebertaV2Model) has no sdpa attention; using eager" in caplog.text
+
+
+def test_a_token_budget_beyond_the_positions_is_refused_before_loading(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(max_position_embeddings=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(tmp_path)
+    local.check_context(tmp_path, 64, "text encoder", "max_text_length")
+    with pytest.raises(ValueError, match=r"max_text_length 96 exceeds the 64 positions of the text encoder in .*: "
+                                         r"lower max_text_length"):
+        local.check_context(tmp_path, 96, "text encoder", "max_text_length")
