@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -44,17 +45,49 @@ class PrepareCommand:
         sidecar = prepare_volume(src, out, window=window, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype)
         print(json.dumps({"out": str(out), "sidecar": str(sidecar_path(out)), "spatial_size": sidecar["spatial_size"]}))
 
-    def m3d_cap(self, raw: str, out: str, size="32,256,256", cache_dtype: str = "float32"):
-        """The published raw M3D-Cap layout (series folders of slice images + text.txt) → .npy + M3D_Cap.json."""
+    def m3d_cap(self, raw: str, out: str, size="32,256,256", cache_dtype: str = "float32", workers: int = 1,
+                split="0.8,0.1,0.1", seed: int = 0, min_slices: int = 2):
+        """The published raw M3D-Cap layout (series folders of slice images + text.txt) → .npy + M3D_Cap.json.
+
+        Args:
+            raw: folder holding ``ct_case/`` and/or ``ct_quizze/``.
+            out: output root.
+            size: canonical D,H,W.
+            cache_dtype: float32 (as published), float16 or uint8 (compact caches).
+            workers: processes converting series in parallel.
+            split: train,validation,test fractions of the cases.
+            seed: seed of the case shuffle behind the split.
+            min_slices: series with fewer usable slices are skipped.
+        """
         from m3d_components.data.prepare_cap import prepare_m3d_cap
 
-        print(json.dumps(prepare_m3d_cap(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype)))
+        fractions = tuple(float(f) for f in (split if isinstance(split, (tuple, list)) else str(split).split(",")))
+        print(json.dumps(prepare_m3d_cap(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype,
+                                         workers=workers, split=fractions, seed=seed, min_slices=min_slices)))
 
-    def m3d_seg(self, raw: str, out: str, size="32,256,256"):
-        """The raw M3D-Seg release (or a Decathlon NIfTI folder) → LaMed-ready per-class masks + per-dataset JSON."""
+    def m3d_seg(self, raw: str, out: str, size="32,256,256", cache_dtype: str = "float32",
+                window: str = "percentile", codes=None, test_fraction: float = 0.2, seed: int = 0, workers: int = 1):
+        """The raw M3D-Seg release (or a Decathlon NIfTI folder) → LaMed-ready per-class masks + per-dataset JSON.
+
+        Args:
+            raw: raw release root (``<code>/<code>.json`` folders), one code folder, or a folder with ``dataset.json``.
+            out: output root; ``<dataset_dir>/M3D_Seg`` for the LaMed bundles.
+            size: canonical D,H,W.
+            cache_dtype: image dtype: float32, or a float16 / uint8 cache (masks are always bool).
+            window: window for NIfTI scans (abdomen, lung, bone, brain or percentile); unused for the raw release.
+            codes: convert only these dataset codes, e.g. 0003,0011 (default: all found; numbers are 4-digit codes).
+            test_fraction: share of training cases held out when an input has no labelled test cases.
+            seed: seed of that hold-out.
+            workers: processes converting cases in parallel.
+        """
         from m3d_components.data.prepare_seg import prepare_m3d_seg
 
-        print(json.dumps(prepare_m3d_seg(raw, out, spatial_size=_shape(size, "size"))))
+        if codes is not None:  # text "0003,0011", or what fire made of it: a tuple, a number (0000 reads as 0)
+            items = codes.split(",") if isinstance(codes, str) else codes if isinstance(codes, (tuple, list)) else [codes]
+            codes = [f"{c:04d}" if isinstance(c, int) else str(c).strip() for c in items]
+        print(json.dumps(prepare_m3d_seg(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype,
+                                         window=window, codes=codes, test_fraction=test_fraction, seed=seed,
+                                         workers=workers)))
 
 
 class GenerateCommand:
@@ -164,9 +197,8 @@ class M3DCommand:
         print(f"M3D-Bench report (value and 95 % interval per checkpoint): "
               f"{Path(out).resolve() / 'm3d_bench' / 'eval' / 'comparison.md'}")
 
-    def infer(self, image: str, question: str = "Please write a radiology report for this scan.",
-              bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
-              out: str | None = None, **overrides):
+    def infer(self, image: str, question: str | None = None, bundle: str = "lamed_instruct", demo: bool = False,
+              demo_run: str = "demo_run", weights: str | None = None, out: str | None = None, **overrides):
         """Ask a trained LaMed about one scan (NIfTI, DICOM folder or canonical .npy): answer, boxes, box PNGs, and
         with ``--bundle lamed_seg`` the mask of a ``[SEG]`` answer (``mask.nii.gz`` on the scan's grid, overlay PNG).
 
@@ -175,15 +207,21 @@ class M3DCommand:
         Args:
             image: the scan.
             question: e.g. "Where is the liver in this image? Please give its box." or "Segment the liver."
+                (default: the bundle's, a report for lamed_instruct, the liver for lamed_seg).
             bundle: the bundle to run (``lamed_instruct``, or ``lamed_seg`` for masks).
             demo: use the demo configuration (tiny models trained by ``m3d demo``).
+            demo_run: with ``demo``, the ``m3d demo --out`` folder whose models are used (when it holds the
+                bundle's; else the bundle's own ``models/demo`` from its demo runs).
             weights: trained weights (default: the bundle's stage-2 ``trained.safetensors``).
             out: folder for ``answer.json`` and PNGs (default: ``<output_dir>/inference``).
-            overrides: any other config key, e.g. ``--llm_path /models/llama``.
+            overrides: any other config key, e.g. ``--window percentile`` for MRI (default ``abdomen``, a CT window
+                in Hounsfield units; also ``lung``, ``bone``, ``brain``) or ``--llm_path /models/llama``.
         """
         from m3d_components.engines.paths import run_bundle
 
-        settings = {"image": str(Path(image).resolve()), "question": question, **overrides}
+        settings = {"image": str(Path(str(image)).resolve()), **_demo_run_models(bundle, demo_run, demo), **overrides}
+        if question is not None:
+            settings["question"] = str(question)
         if weights is not None:
             settings["weights"] = str(Path(weights).resolve())
         if out is not None:
@@ -192,7 +230,7 @@ class M3DCommand:
         result = run_bundle(bundle, configs, **settings)[0]
         print(json.dumps(result, indent=2))
 
-    def compare(self, store: str | None = None, out: str = "comparison", experiment: str = "m3d_bench",
+    def compare(self, store: str | None = None, out: str = "comparison", experiment: str | None = None,
                 metrics: str | None = None):
         """Print the bench's MLflow runs side by side (value [95 % CI]); write ``<out>.md`` and a bar chart PNG.
 
@@ -200,11 +238,10 @@ class M3DCommand:
             store: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else the m3d_bench bundle's
                 ``eval/mlruns.db``).
             out: output path without suffix.
-            experiment: the MLflow experiment (``m3d_bench``).
+            experiment: the MLflow experiment (default: ``MLFLOW_EXPERIMENT_NAME``, else ``m3d_bench``, as the bench
+                logs).
             metrics: comma-separated metric names (default: the headline metrics present).
         """
-        import os
-
         from m3d_components.engines.bench import compare_runs
         from m3d_components.engines.paths import find_bundle
 
@@ -234,22 +271,42 @@ class M3DCommand:
         argv += ["--json", json_out] if json_out else []
         speed_main([*argv, *(["--compile-blocks"] if compile_blocks else [])])
 
-    def merge_lora(self, out: str, bundle: str = "lamed_instruct", demo: bool = False, weights: str | None = None,
-                   **overrides):
+    def merge_lora(self, out: str, bundle: str = "lamed_instruct", demo: bool = False, demo_run: str = "demo_run",
+                   weights: str | None = None, **overrides):
         """Merge a stage-2 LoRA checkpoint into its LLM and write a plain Hugging Face folder (+ vision weights).
 
         Args:
             out: the output folder (loads with ``AutoModelForCausalLM.from_pretrained(out)``, no peft needed).
-            bundle, demo, weights, overrides: as for ``m3d infer``.
+            bundle, demo, demo_run, weights, overrides: as for ``m3d infer``.
         """
         from m3d_components.engines.paths import run_bundle
 
-        settings = {"merged_dir": str(Path(out).resolve()), **overrides}
+        settings = {"merged_dir": str(Path(out).resolve()), **_demo_run_models(bundle, demo_run, demo), **overrides}
         if weights is not None:
             settings["weights"] = str(Path(weights).resolve())
         configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
         run_bundle(bundle, configs, run_id="merge", **settings)
         print(json.dumps({"merged": settings["merged_dir"]}))
+
+    def export_monailabel(self, out: str, bundle: str = "lamed_seg", demo: bool = False, demo_run: str = "demo_run",
+                          weights: str | None = None, **overrides):
+        """Write a bundle the way MONAI Label reads one: a single ``configs/inference.json`` (train.json, demo.json
+        with ``--demo`` and inference.json merged) and ``models/model.pt`` with the trained tensors.
+
+        Point MONAI Label's bundle app at ``out`` (e.g. ``monailabel start_server --app monaibundle --conf models
+        <name>`` with ``out`` under the app's model folder). The LLM and vision encoder stay at their own paths.
+
+        Args:
+            out: the output folder.
+            bundle, demo, demo_run, weights, overrides: as for ``m3d infer`` (``--question`` sets the fixed prompt).
+        """
+        from m3d_components.engines.monailabel import export_bundle
+
+        settings = {**_demo_run_models(bundle, demo_run, demo), **overrides}
+        if weights is not None:
+            settings["weights"] = str(Path(weights).resolve())
+        configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
+        print(json.dumps(export_bundle(bundle, configs, Path(out).resolve(), **settings)))
 
     def make_demo_data(self, out: str = "demo", n_train: int = 800, n_val: int = 40, n_test: int = 100,
                        size="32,64,64", seed: int = 0):
@@ -292,11 +349,47 @@ class M3DCommand:
             sys.exit(1)
 
 
+def _demo_run_models(bundle: str, demo_run: str, demo: bool) -> dict[str, str]:
+    """The ``m3d demo`` outputs a ``--demo`` infer or merge reads: its CLIP vision encoder and the bundle's models
+    folder, when that run made them (the demo overlay alone reads the bundle's ``models/demo``)."""
+    run = Path(str(demo_run)).resolve()
+    if not demo or not (run / bundle / "models").is_dir():
+        return {}
+    return {"pretrained_vit": str(run / "clip_pretrain" / "models" / "vision_encoder.safetensors"),
+            "models_dir": str(run / bundle / "models")}
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The outermost error in ``error``'s chain that explains a user's mistake (a bad file, row, setting or path).
+
+    Config expressions re-raise every error as MONAI's generic "Failed to evaluate ConfigExpression"; the message
+    that names the file or setting is further down the chain.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main() -> None:
+    """``m3d``: a user's mistake ends with its message and exit status 2 (``M3D_DEBUG=1`` keeps the traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     import fire
 
-    fire.Fire(M3DCommand(), name="m3d")
+    try:
+        fire.Fire(M3DCommand(), name="m3d")
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is a user's mistake
+        cause = user_error(error)
+        if cause is None or os.environ.get("M3D_DEBUG"):
+            raise
+        print(f"m3d: error: {cause}\n(M3D_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,11 @@ def test_misspelled_infer_option_is_refused_before_anything_loads(tmp_path):
 def test_missing_scan_and_weights_are_named_before_the_model_is_built(tmp_path):
     result = m3d("infer", "--image", str(tmp_path / "scan.nii.gz"), "--weights", str(tmp_path / "w.safetensors"),
                  "--llm_path", str(tmp_path / "no-llm"))
-    assert result.returncode != 0
+    assert result.returncode == 2  # a user's mistake: its message, not MONAI's "Failed to evaluate" traceback
     assert f"weights: {tmp_path / 'w.safetensors'} does not exist" in result.stderr
     assert f"image: {tmp_path / 'scan.nii.gz'} does not exist" in result.stderr
     assert "LLM folder" not in result.stderr  # nothing was built
+    assert "Traceback" not in result.stderr and "Failed to evaluate" not in result.stderr
+    debug = run_module("m3d_components.cli", "infer", "--image", str(tmp_path / "scan.nii.gz"), cwd=Path.cwd(),
+                       env={"M3D_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

@@ -19,14 +19,16 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor, get_track_meta, set_track_meta
+from monai.config import KeysCollection
+from monai.data import MetaTensor, PydicomReader, get_track_meta, set_track_meta
 from monai.transforms import (
     Compose,
     CropForeground,
@@ -34,6 +36,7 @@ from monai.transforms import (
     EnsureChannelFirstd,
     LoadImage,
     LoadImaged,
+    MapTransform,
     Orientation,
     Orientationd,
     Resize,
@@ -47,14 +50,20 @@ from scipy import ndimage
 from m3d_components.data.errors import DataError
 from m3d_components.data.volume import CACHE_DTYPES, CANONICAL_SHAPE, check_volume, save_volume
 
+if TYPE_CHECKING:  # pydicom is imported where a DICOM folder is read: the GPU image lacks it (see tests/test_layering)
+    from pydicom import Dataset
+
 __all__ = [
     "CANONICAL_AXCODES",
+    "CheckScand",
+    "HU_AIR_BELOW",
     "PERCENTILES",
     "SIDECAR_FORMAT",
     "WINDOWS",
     "box_to_patient_mm",
     "box_to_source",
     "check_options",
+    "check_scan",
     "check_spatial_size",
     "load_sidecar",
     "load_source",
@@ -67,6 +76,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+HU_AIR_BELOW = -500.0  # a CT in Hounsfield units holds air, about −1000, around and inside the body
 
 CANONICAL_AXCODES = "IPL"
 #: CT presets as (width, level) in Hounsfield units.
@@ -84,6 +94,14 @@ _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _AFFINE_TOLERANCE = 1e-3
 _SIDECAR_KEYS = ("format", "source", "source_shape", "source_affine", "spatial_size", "canonical_to_source")
+#: How many subfolders an error names.
+_MAX_LISTED = 5
+#: Largest step between neighbouring DICOM slices, as a multiple of the smallest, still taken as even spacing.
+_MAX_STEP_RATIO = 1.5
+#: DICOM slices closer than this along the slice normal (mm) lie at the same position.
+_SAME_POSITION_MM = 1e-3
+#: Largest difference between the unit slice normals of slices that are taken as parallel.
+_SAME_ORIENTATION = 1e-4
 
 
 def sidecar_path(out_npy: str | os.PathLike) -> Path:
@@ -110,45 +128,206 @@ def _tracking_meta() -> Iterator[None]:
         set_track_meta(previous)
 
 
+def _visible_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` that MONAI's folder reader globs (``*`` skips hidden ones, e.g. macOS ``._`` files)."""
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
+def _dicom_headers(folder: Path) -> dict[Path, Dataset]:
+    """Headers of the DICOM images directly in ``folder``; other files (text, DICOMDIR, reports) are skipped."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    headers = {}
+    for path in _visible_files(folder):
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:  # no DICM prefix: not a DICOM file
+            continue
+        except Exception as err:  # a truncated or corrupt header
+            raise DataError(str(path), f"cannot read the DICOM header ({type(err).__name__}: {err})") from err
+        if "Rows" in header:  # an image; a DICOMDIR or a report has no pixel rows
+            headers[path] = header
+    return headers
+
+
+def _no_dicom_problem(folder: Path) -> str:
+    """Names the subfolders holding DICOM files: PACS exports nest each series in folders of their own."""
+    from pydicom.misc import is_dicom
+
+    holding = []
+    for root, dirs, _ in os.walk(folder):
+        dirs.sort()
+        if Path(root) != folder and (count := sum(is_dicom(p) for p in _visible_files(Path(root)))):
+            holding.append(f"{Path(root).relative_to(folder)} ({count} files)")
+    if not holding:
+        return "no DICOM image files in the folder"
+    more = f" and {len(holding) - _MAX_LISTED} more" if len(holding) > _MAX_LISTED else ""
+    return (
+        f"no DICOM image files in the folder itself; DICOM files are in its subfolders "
+        f"{', '.join(holding[:_MAX_LISTED])}{more}: pass the folder of one series"
+    )
+
+
+def _series_summary(uid: str, headers: Sequence[Dataset]) -> str:
+    description = headers[0].get("SeriesDescription")
+    named = f" {str(description)!r}" if description else ""
+    return f"{uid}{named} ({len(headers)} slices)"
+
+
+def _slice_normal(header: Dataset) -> np.ndarray:
+    orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def _slice_position(header: Dataset) -> float:
+    """Where a slice lies along the slice normal (row direction × column direction), in mm."""
+    return float(np.dot(np.asarray(header.ImagePositionPatient, dtype=float), _slice_normal(header)))
+
+
+def _check_slice_positions(folder: Path, headers: Mapping[Path, Dataset]) -> None:
+    """The slices must be parallel, distinct and evenly spaced: MONAI takes the slice step from the outer two."""
+    tags = ("ImagePositionPatient", "ImageOrientationPatient")
+    lacking = [p.name for p, h in headers.items() if any(tag not in h for tag in tags)]
+    if lacking:
+        raise DataError(
+            str(folder),
+            f"{len(lacking)} slice(s) lack ImagePositionPatient or ImageOrientationPatient (e.g. {lacking[0]}), so the "
+            "slices cannot be ordered",
+        )
+    normals = np.array([_slice_normal(h) for h in headers.values()])
+    if not np.allclose(normals, normals[0], atol=_SAME_ORIENTATION):
+        raise DataError(str(folder), "the slices have different orientations (ImageOrientationPatient)")
+    ordered = sorted(headers, key=lambda p: _slice_position(headers[p]))
+    positions = np.array([_slice_position(headers[p]) for p in ordered])
+    steps = np.diff(positions)
+    low, high = int(steps.argmin()), int(steps.argmax())
+    if steps[low] < _SAME_POSITION_MM:
+        raise DataError(
+            str(folder),
+            f"slices {ordered[low].name} and {ordered[low + 1].name} lie at the same position ({positions[low]:g} mm "
+            "along the slice normal); the folder may hold several acquisitions (echoes, phases) of one series",
+        )
+    if steps[high] > _MAX_STEP_RATIO * steps[low]:
+        raise DataError(
+            str(folder),
+            f"uneven slice spacing: {steps[high]:g} mm between {ordered[high].name} and {ordered[high + 1].name}, "
+            f"{steps[low]:g} mm elsewhere (a missing slice?); pass a complete, evenly spaced series",
+        )
+
+
+def _series_files(folder: Path) -> list[Path]:
+    """The DICOM images of ``folder``, checked to form one series of parallel, distinct, evenly spaced slices.
+
+    MONAI's reader stacks every slice of a folder whatever its series, so several series of one size, or a series
+    with a missing slice, would otherwise come out as one plausible but wrong volume.
+
+    Raises:
+        DataError: no DICOM image in the folder (naming subfolders that hold some), several series, slices without
+            a position, or slices that are not parallel, distinct and evenly spaced.
+    """
+    headers = _dicom_headers(folder)
+    if not headers:
+        raise DataError(str(folder), _no_dicom_problem(folder))
+    series: dict[str, list[Dataset]] = {}
+    for header in headers.values():
+        series.setdefault(str(header.get("SeriesInstanceUID", "(no SeriesInstanceUID)")), []).append(header)
+    if len(series) > 1:
+        listed = "; ".join(_series_summary(uid, members) for uid, members in series.items())
+        raise DataError(
+            str(folder), f"{len(series)} DICOM series in one folder: {listed}; pass the folder of one series"
+        )
+    if len(headers) > 1:
+        _check_slice_positions(folder, headers)
+    return list(headers)
+
+
+class _SeriesReader(PydicomReader):
+    """MONAI's DICOM reader restricted to the checked files of one series, stacking them in position order.
+
+    PydicomReader stacks a folder's slices by InstanceNumber, which need not follow the anatomy, and takes the slice
+    step from the first and last one; renumbering the datasets it read (in memory) by their position along the slice
+    normal makes the pixel stack and the affine follow the anatomy.
+    """
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        super().__init__(fname_regex=r".*[\\/](?:" + "|".join(re.escape(f.name) for f in files) + ")$")
+        self._n_files = len(files)
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> Any:
+        slices = super().read(data, **kwargs)
+        n_read = len(slices) if isinstance(slices, list) else 1
+        if n_read != self._n_files:  # PydicomReader skips a file it cannot parse with only a warning
+            raise ValueError(f"read {n_read} of the {self._n_files} DICOM files of the series")
+        if isinstance(slices, list):  # one file (e.g. multi-frame) is one dataset
+            for number, header in enumerate(sorted(slices, key=_slice_position), start=1):
+                header.InstanceNumber = number
+        return slices
+
+
 def _read(src: Path, what: str) -> MetaTensor:
     if not src.exists():
         raise DataError(str(src), f"{what} not found")
-    reader = _reader_name(src)
+    name = _reader_name(src)
+    reader = _SeriesReader(_series_files(src)) if src.is_dir() else name
     try:
         with _tracking_meta():
             return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(src))
     except Exception as err:  # the readers raise many types for corrupt or foreign files
-        raise DataError(str(src), f"cannot read with {reader} ({type(err).__name__}: {err})") from err
+        raise DataError(str(src), f"cannot read with {name} ({type(err).__name__}: {err})") from err
 
 
 def load_source(src: str | os.PathLike) -> MetaTensor:
     """Read a NIfTI file, a DICOM file or a DICOM series folder as a checked 3D scan.
 
-    For DICOM the source grid is the array MONAI builds: (column, row, slice), slices in position order.
+    For DICOM the source grid is the array MONAI builds: (column, row, slice), slices in position order along the
+    slice normal. A folder must hold the slices of one series directly (other files are skipped), evenly spaced.
 
     Returns:
         A float32 ``MetaTensor`` (1, X, Y, Z) whose ``affine`` maps voxel indices to RAS+ millimetres.
 
     Raises:
-        DataError: missing or unreadable input, not 3D (2D, 4D or a single slice), NaN/inf, or constant values.
+        DataError: missing or unreadable input, not 3D (2D, 4D or a single slice), NaN/inf, or constant values; a
+            DICOM folder without images, with several series, or with missing, duplicate or unevenly spaced slices.
     """
     src = Path(src)
     image = _read(src, "input")
-    spatial = tuple(image.shape[1:])
-    if len(spatial) != 3 or image.shape[0] != 1 or min(spatial) < 2:
-        raise DataError(str(src), f"expected a single-channel 3D scan, got array shape {tuple(image.shape)}")
     if str(image.meta.get("space", "RAS")) != "RAS":
         raise DataError(str(src), f"reader returned a {image.meta.get('space')} affine, expected RAS")
-    values = image.numpy()
-    if not np.isfinite(values).all():
-        raise DataError(str(src), f"scan holds {int((~np.isfinite(values)).sum())} NaN/inf value(s)")
-    if float(values.max()) - float(values.min()) <= 1e-8:
-        raise DataError(str(src), f"scan is constant (all values {float(values.min()):g})")
+    check_scan(image, str(src))
     return image
+
+
+def check_scan(image: torch.Tensor, src: str) -> None:
+    """Refuse what no window or resize can make a volume of: not single-channel 3D (2D, 4D, one slice), NaN/inf, or
+    constant values.
+
+    Raises:
+        DataError: naming ``src`` and the problem.
+    """
+    spatial = tuple(image.shape[1:])
+    if len(spatial) != 3 or image.shape[0] != 1 or min(spatial) < 2:
+        raise DataError(src, f"expected a single-channel 3D scan, got array shape {tuple(image.shape)}")
+    values = np.asarray(image)
+    if not np.isfinite(values).all():
+        raise DataError(src, f"scan holds {int((~np.isfinite(values)).sum())} NaN/inf value(s)")
+    if float(values.max()) - float(values.min()) <= 1e-8:
+        raise DataError(src, f"scan is constant (all values {float(values.min()):g})")
+
+
+def _warn_unless_hounsfield(image: torch.Tensor, window: str, src: str) -> None:
+    """A CT window assumes Hounsfield units; a scan without air (≈ −1000 HU around and inside the body) is most
+    likely MRI or CT stored without its rescale, which the window would turn into a saturated volume."""
+    lowest = float(image.min())
+    if lowest > HU_AIR_BELOW:
+        logger.warning("%s: lowest value %g, no air, so probably not CT in Hounsfield units, which the %r window "
+                       "assumes; for MRI or other units use window 'percentile' (m3d: --window percentile)",
+                       src, lowest, window)
 
 
 def _intensity_range(image: torch.Tensor, window: str, src: str) -> tuple[float, float]:
     if window in WINDOWS:
+        _warn_unless_hounsfield(image, window, src)
         width, level = WINDOWS[window]
         return level - width / 2, level + width / 2
     lo, hi = (float(v) for v in np.percentile(image.numpy(), PERCENTILES))
@@ -240,6 +419,32 @@ def prepare_volume(
     return sidecar
 
 
+class CheckScand(MapTransform):
+    """:func:`load_source`'s checks inside a MONAI chain (:func:`scan_transforms`): a clear error naming the file
+    where the crop or resize further on would fail deep inside MONAI or pass NaN on as a mask.
+
+    Args:
+        keys: the loaded scan(s), channel first.
+        window: the CT window that follows; a scan with nothing above its floor, or without air, is named.
+    """
+
+    def __init__(self, keys: KeysCollection, window: str) -> None:
+        super().__init__(keys)
+        self.window = window
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            src = str(getattr(image, "meta", {}).get("filename_or_obj", key))
+            check_scan(image, src)
+            _warn_unless_hounsfield(image, self.window, src)
+            width, level = WINDOWS[self.window]
+            if float(image.max()) <= level - width / 2:
+                raise DataError(src, f"no voxel lies above the floor of the {self.window!r} window; choose another")
+        return d
+
+
 def scan_transforms(window: str = "abdomen", spatial_size: Sequence[int] = CANONICAL_SHAPE[1:], key: str = "image"):
     """:func:`prepare_volume`'s steps as invertible MONAI dictionary transforms (load, orient, window, crop, resize).
 
@@ -253,6 +458,7 @@ def scan_transforms(window: str = "abdomen", spatial_size: Sequence[int] = CANON
     return Compose([
         LoadImaged(keys=key),
         EnsureChannelFirstd(keys=key),
+        CheckScand(keys=key, window=window),
         Orientationd(keys=key, axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS),
         ScaleIntensityRanged(keys=key, a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0,
                              clip=True),

@@ -8,6 +8,7 @@ A reader turns an index file (JSON split, CSV) into a list of plain dict records
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -32,19 +33,24 @@ def error_handler(name: str, skip_invalid: bool, on_error: ErrorHandler | None =
 
 
 def resolve_path(
-    value: object, data_root: str | os.PathLike | None, source: str, row: int | str, column: str, check: bool
+    value: object, data_root: str | os.PathLike | Sequence[str | os.PathLike] | None, source: str, row: int | str,
+    column: str, check: bool,
 ) -> Path:
     """Turn a path cell into an absolute :class:`Path` under ``data_root`` (absolute paths are kept).
 
+    ``data_root`` may list several folders, tried in order (a layout whose paths may start from either); the first
+    that holds the file wins, and without ``check`` the first is used.
+
     Raises:
-        DataError: an empty cell, or (with ``check``) a file that does not exist.
+        DataError: an empty cell, or (with ``check``) a file that does not exist under any root.
     """
     if not isinstance(value, str) or not value.strip():
         raise DataError(source, f"'{column}' is empty", row)
     path = Path(value.strip())
-    if not path.is_absolute() and data_root is not None:
-        path = Path(data_root) / path
-    if check and not path.is_file():
-        where = f" under data_root {str(data_root)!r}" if data_root is not None else ""
+    roots = [] if data_root is None else [data_root] if isinstance(data_root, (str, os.PathLike)) else list(data_root)
+    candidates = [path] if path.is_absolute() or not roots else [Path(root) / path for root in roots]
+    found = next((c for c in candidates if c.is_file()), None) if check else candidates[0]
+    if found is None:
+        where = f" under data_root {' or '.join(repr(str(r)) for r in roots)}" if roots and not path.is_absolute() else ""
         raise DataError(source, f"{column} {value!r} not found{where}", row)
-    return path
+    return found

@@ -96,6 +96,14 @@ def _split_entries(spec: dict, split: str, source: str) -> tuple[str, list]:
     raise DataError(source, f"no split {split!r} (also tried {SPLIT_ALIASES.get(split, ())}); lists present: {keys}")
 
 
+def _seg_roots(path: Path, data_root: str | os.PathLike | None) -> list[Path]:
+    """The folders a split file's relative paths are looked up in, in order (see :func:`read_seg_split`)."""
+    roots = [Path(data_root) if data_root is not None else path.parent]
+    if path.stem == path.parent.name:  # <seg_dir>/<code>/<code>.json
+        roots.append(path.parent.parent)
+    return list(dict.fromkeys(roots))
+
+
 def read_seg_split(
     path: str | os.PathLike,
     split: str,
@@ -113,7 +121,10 @@ def read_seg_split(
     Args:
         path: the per-dataset JSON.
         split: ``"train"`` or ``"test"`` (aliases ``training``/``validation`` are looked up too), or any list key.
-        data_root: the folder relative paths start from; defaults to the JSON's folder.
+        data_root: the folder relative paths start from; defaults to the JSON's folder. Paths not found there are
+            looked up in the M3D-Seg folder (the one holding ``<code>/<code>.json``), where ``m3d prepare m3d-seg``
+            and the published layout start them, so one ``data_root`` serves a corpus whose other files start
+            elsewhere.
         check_files: check that the referenced files exist.
         skip_invalid: count and log bad entries instead of raising.
         on_error: receives each bad entry's :class:`DataError` (overrides ``skip_invalid``).
@@ -122,7 +133,7 @@ def read_seg_split(
     spec = read_json_object(path, "M3D-Seg dataset JSON")
     names = _class_names(spec, str(path))
     key, entries = _split_entries(spec, split, str(path))
-    root = Path(data_root) if data_root is not None else path.parent
+    roots = _seg_roots(path, data_root)
     source = f"{path.name}['{key}']"
     handle, log = error_handler(f"{path}['{key}']", skip_invalid, on_error)
     records = []
@@ -130,8 +141,8 @@ def read_seg_split(
         try:
             if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
                 raise DataError(source, f"expected an object with 'image' and 'label', got {entry!r:.80}", i)
-            image = resolve_path(entry["image"], root, source, i, "image", check_files)
-            label = resolve_path(entry["label"], root, source, i, "label", check_files)
+            image = resolve_path(entry["image"], roots, source, i, "image", check_files)
+            label = resolve_path(entry["label"], roots, source, i, "label", check_files)
             record = {"image": image, "label": label, "dataset": path.stem, "row": i}
             if label.suffix == ".npz":
                 record.update(layout="sparse", class_names=names)

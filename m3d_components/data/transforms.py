@@ -1,10 +1,12 @@
 """MONAI dictionary transform chains for training and evaluation samples.
 
 The training chain is the published M3D augmentation (quarter turns in the axial plane, flips, intensity jitter),
-with one correction: in the canonical (C, D, H, W) layout W runs along the patient's left–right axis, so a W flip
-turns a left kidney into what looks like a right one. :class:`RandLateralFlipd` therefore swaps "left" and "right"
-in the sample's text in the same draw that mirrors the image and masks. In-plane rotations are proper rotations
-(no mirror), so anatomy keeps its handedness and the text stays as it is.
+with one correction. A flip along any axis is a mirror: the anatomy comes out with the other handedness, a left
+kidney where a right one would be (a D or H flip is a W flip followed by a rotation — a 180° turn in the axial plane
+after an H flip gives exactly the W-flipped volume). :class:`RandMirrord` therefore swaps "left" and "right" in the
+sample's text whenever its draw mirrors the image and masks an odd number of times. Quarter turns are proper
+rotations, so anatomy keeps its handedness and the text stays as it is. Any other rule gives one volume two
+opposite labels.
 
 With ``train_transforms(on_device=True)`` the image part moves to the GPU: :class:`RandDeviceAugmentd` draws the same
 parameters per sample, moves the masks and swaps the text on the CPU (boxes and mask targets are computed from the
@@ -25,7 +27,6 @@ from monai.transforms import (
     EnsureTyped,
     Flip,
     MapTransform,
-    RandFlipd,
     RandomizableTransform,
     RandRotate90d,
     RandScaleIntensityd,
@@ -38,7 +39,7 @@ __all__ = [
     "AUGMENTATION_KEY",
     "LATERALITY_MODES",
     "RandDeviceAugmentd",
-    "RandLateralFlipd",
+    "RandMirrord",
     "apply_augmentation",
     "eval_transforms",
     "swap_laterality",
@@ -79,16 +80,20 @@ def _swap_nested(value: Any) -> Any:
     return value
 
 
-class RandLateralFlipd(RandFlipd):
-    """Mirror the patient left–right (W) axis and swap "left"/"right" in the text, in one random draw.
+def mirrors_handedness(flips: Sequence[float | bool]) -> bool:
+    """Whether flips along (D, H, W) (truthy where taken) mirror the anatomy: an odd number of them does."""
+    return sum(bool(f) for f in flips) % 2 == 1
 
-    A plain W flip would keep labels such as "left kidney" on what now looks like a right kidney; swapping the
-    words keeps image and text consistent. Text keys absent from a sample are skipped.
+
+class RandMirrord(RandomizableTransform, MapTransform):
+    """Flip the image and masks along D, H and W, each with its own probability, and swap "left"/"right" in the
+    text when the result is mirrored (:func:`mirrors_handedness`), so that image and text name the same sides.
 
     Args:
         keys: image and mask keys, all flipped together; arrays are channel-first (C, D, H, W).
-        text_keys: keys whose strings (or lists / dicts of strings) get their laterality words swapped.
-        prob: probability of the flip.
+        text_keys: keys whose strings (or lists / dicts of strings) get their laterality words swapped; keys absent
+            from a sample are skipped.
+        flip_probs: the probabilities of a D, an H and a W flip.
         allow_missing_keys: don't raise when an image/mask key is missing.
     """
 
@@ -96,15 +101,29 @@ class RandLateralFlipd(RandFlipd):
         self,
         keys: KeysCollection,
         text_keys: KeysCollection = (),
-        prob: float = 0.1,
+        flip_probs: Sequence[float] = (0.1, 0.1, 0.1),
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, prob=prob, spatial_axis=_AXIS_W, allow_missing_keys=allow_missing_keys)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        if len(flip_probs) != 3:
+            raise ValueError(f"flip_probs needs one probability per axis (D, H, W), got {list(flip_probs)}")
         self.text_keys = ensure_tuple(text_keys)
+        self.flip_probs = tuple(float(p) for p in flip_probs)
+        self._flips = tuple(Flip(spatial_axis=axis) for axis in (_AXIS_D, _AXIS_H, _AXIS_W))
+        self._draw = (False, False, False)
 
-    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
-        d = super().__call__(data, lazy=lazy)
-        if self._do_transform:
+    def randomize(self, data: Any = None) -> None:
+        self._draw = tuple(bool(self.R.rand() < p) for p in self.flip_probs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            for flip, flag in zip(self._flips, self._draw):
+                if flag:
+                    d[key] = flip(d[key])
+        if mirrors_handedness(self._draw):
             for key in self.text_keys:
                 if key in d:
                     d[key] = _swap_nested(d[key])
@@ -125,7 +144,7 @@ class RandDeviceAugmentd(RandomizableTransform, MapTransform):
 
     The draw has the kinds, probabilities and ranges of :func:`train_transforms`. Masks get its spatial part here,
     with MONAI's ``Rotate90``/``Flip`` (boxes and segmentation targets are computed from them before collation), and
-    a W flip swaps "left"/"right" in the text as :class:`RandLateralFlipd` does. The image is left as it is; the draw
+    a mirroring draw swaps "left"/"right" in the text as :class:`RandMirrord` does. The image is left as it is; the draw
     is stored under ``augmentation_key`` as float32 ``[k, flip_d, flip_h, flip_w, scale_factor, shift_offset]``, which
     the collators stack and :class:`~m3d_components.engines.batch.PrepareImageTextBatch` applies on the device.
 
@@ -133,7 +152,8 @@ class RandDeviceAugmentd(RandomizableTransform, MapTransform):
         keys: the image key(s) the draw is for; they must be present (unless ``allow_missing_keys``) and stay as
             they are.
         mask_keys: (C, D, H, W) masks moved here with the draw; they must be present in every sample.
-        text_keys: keys whose text gets its laterality words swapped by a W flip; may be missing from a sample.
+        text_keys: keys whose text gets its laterality words swapped by a mirroring draw; may be missing from a
+            sample.
         laterality, rotate_prob, flip_d_prob, flip_h_prob, flip_w_prob, scale_prob, scale_factors, shift_prob,
             shift_offsets: as in :func:`train_transforms`.
         augmentation_key: where the draw goes in the sample.
@@ -167,7 +187,7 @@ class RandDeviceAugmentd(RandomizableTransform, MapTransform):
         self.mask_keys = tuple(mask_keys)
         self.text_keys = tuple(text_keys)
         self.rotate_prob = rotate_prob
-        self.flip_probs = (flip_d_prob, flip_h_prob, flip_w_prob if laterality == "swap" else 0.0)
+        self.flip_probs = (flip_d_prob, flip_h_prob, flip_w_prob) if laterality == "swap" else (0.0, 0.0, 0.0)
         self.scale_prob, self.scale_factors = scale_prob, abs(scale_factors)
         self.shift_prob, self.shift_offsets = shift_prob, abs(shift_offsets)
         self.augmentation_key = augmentation_key
@@ -199,7 +219,7 @@ class RandDeviceAugmentd(RandomizableTransform, MapTransform):
         self.randomize()
         for key in self.mask_keys:
             d[key] = self._move_mask(d[key])
-        if self._draw[3]:
+        if mirrors_handedness(self._draw[1:4]):
             for key in self.text_keys:
                 if key in d:
                     d[key] = _swap_nested(d[key])
@@ -274,7 +294,7 @@ def train_transforms(
     shift_offsets: float = 0.1,
     on_device: bool = False,
 ) -> Compose:
-    """The training augmentation of M3D-LaMed, with laterality-safe left–right flips.
+    """The training augmentation of M3D-LaMed, with laterality-safe flips.
 
     Spatial steps act on the image and every mask with the same draw; intensity jitter acts on the image only.
     Boxes should be computed from the augmented mask, after this chain.
@@ -283,8 +303,8 @@ def train_transforms(
         image_key: key of the (C, D, H, W) image.
         mask_keys: keys of (C, D, H, W) masks that must follow the image; they must be present in every sample.
         text_keys: keys whose text names sides ("left kidney"); may be missing from a sample.
-        laterality: ``"swap"`` flips W with probability ``flip_w_prob`` and swaps "left"/"right" in ``text_keys``;
-            ``"off"`` never flips W.
+        laterality: ``"swap"`` flips each axis with its probability and swaps "left"/"right" in ``text_keys`` when
+            the flips mirror the anatomy (:class:`RandMirrord`); ``"off"`` never flips (quarter turns stay).
         rotate_prob: probability of 1–3 quarter turns in the H–W (axial) plane.
         flip_d_prob, flip_h_prob, flip_w_prob: flip probabilities along D, H and W.
         scale_prob, scale_factors: intensity v ← v·(1 + f), f ~ U(−scale_factors, scale_factors).
@@ -306,13 +326,10 @@ def train_transforms(
     _check_settings(laterality, rotate_prob=rotate_prob, flip_d_prob=flip_d_prob, flip_h_prob=flip_h_prob,
                     flip_w_prob=flip_w_prob, scale_prob=scale_prob, shift_prob=shift_prob)
     spatial_keys = [image_key, *mask_keys]
-    steps = [
-        RandRotate90d(keys=spatial_keys, prob=rotate_prob, max_k=3, spatial_axes=(_AXIS_H, _AXIS_W)),
-        RandFlipd(keys=spatial_keys, prob=flip_d_prob, spatial_axis=_AXIS_D),
-        RandFlipd(keys=spatial_keys, prob=flip_h_prob, spatial_axis=_AXIS_H),
-    ]
+    steps = [RandRotate90d(keys=spatial_keys, prob=rotate_prob, max_k=3, spatial_axes=(_AXIS_H, _AXIS_W))]
     if laterality == "swap":
-        steps.append(RandLateralFlipd(keys=spatial_keys, text_keys=text_keys, prob=flip_w_prob))
+        steps.append(RandMirrord(keys=spatial_keys, text_keys=text_keys,
+                                 flip_probs=(flip_d_prob, flip_h_prob, flip_w_prob)))
     steps += [
         RandScaleIntensityd(keys=image_key, factors=scale_factors, prob=scale_prob),
         RandShiftIntensityd(keys=image_key, offsets=shift_offsets, prob=shift_prob),

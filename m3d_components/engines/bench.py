@@ -31,7 +31,7 @@ from m3d_components.data.boxes import parse_boxes
 from m3d_components.engines.instruct import has_box, prediction_row, score_sample
 from m3d_components.engines.paths import find_bundle
 from m3d_components.engines.settings import check_overrides
-from m3d_components.engines.tracking import experiment_name, mlflow_key, tracking_uri
+from m3d_components.engines.tracking import experiment_name, mlflow_key, tracking_uri, unique_run_name
 from m3d_components.metrics.boxes import enclosing_overlap
 from m3d_components.metrics.judge import judge_messages, parse_judge_score
 from m3d_components.metrics.text import text_scores
@@ -61,6 +61,7 @@ MASK_TASKS = ("ss", "res")
 HEADLINE = ("rg/bleu", "rg/meteor", "rg/bertscore_f1", "cvqa/acc", "ovqa/bleu", "rec/acc@0.2", "reg/bleu", "ss/dice",
             "ss/neg_acc", "res/dice", "res/neg_acc")
 _ITR_HEADLINE = re.compile(r"itr/(ir|tr)_r1@\d+$")
+CHECKPOINT_TAG = "m3d.checkpoint"  # the bench checkpoint a run measured (run names are unique: name-time-hex)
 
 
 def headline_keys(summaries: dict[str, dict[str, Any]]) -> list[str]:
@@ -73,29 +74,37 @@ def headline_keys(summaries: dict[str, dict[str, Any]]) -> list[str]:
 class PredictionLog:
     """Per-sample JSON lines, appended and flushed a batch at a time; a rerun reads which sample ids are done.
 
-    A last line cut by a kill is dropped (and truncated from the file) rather than breaking the rerun.
+    Only the last line can be cut by a kill (every row is written with its line end): a last line without its line
+    end is dropped (and truncated from the file) rather than breaking the rerun. Any other line that is not JSON is
+    damage a rerun must not paper over, so it is an error rather than the end of the log.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
     def rows(self) -> list[dict[str, Any]]:
+        """Every logged row, in order.
+
+        Raises:
+            ValueError: a complete line (one ending in a line end) that is not JSON, named by file and line number.
+        """
         if not self.path.is_file():
             return []
-        rows, good = [], 0
-        with self.path.open("rb") as handle:
-            for line in handle:
-                try:
-                    if not line.endswith(b"\n"):  # complete JSON but no newline yet is cut too
-                        raise json.JSONDecodeError("no line end", line.decode("utf-8", "replace"), len(line))
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    logger.warning("%s: dropping a cut last line (the run was killed while writing)", self.path)
-                    break
-                good += len(line)
-        if good < self.path.stat().st_size:
+        data = self.path.read_bytes()
+        *lines, cut = data.split(b"\n")  # cut: b"" when the file ends with a line end, else a line cut by a kill
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+                raise ValueError(
+                    f"{self.path}, line {number}: not a JSON row ({err}); only a cut last line is dropped on a rerun, "
+                    f"so repair or remove that line by hand, or delete {self.path.name} to start it again"
+                ) from err
+        if cut:
+            logger.warning("%s: dropping a cut last line (the run was killed while writing)", self.path)
             with self.path.open("r+b") as handle:
-                handle.truncate(good)
+                handle.truncate(len(data) - len(cut))
         return rows
 
     def done(self) -> set[str]:
@@ -224,23 +233,71 @@ def _datasets(parser, tasks: Sequence[str], split: str) -> dict[str, torch.utils
     )
 
 
+# what makes a local model answer as it does: configs, tokenizer, chat template, weights (not READMEs or __pycache__)
+_MODEL_SUFFIXES = {".json", ".jinja", ".model", ".txt", ".tiktoken", ".safetensors", ".bin", ".gguf", ".pt", ".pth"}
+_WHOLE_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def _model_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap SHA-256 identity of a local model folder or file: each model file's name and size, small files
+    (configs, tokenizer, chat template) hashed whole with :func:`_sha256`, large ones (weights) by their first and
+    last MiB — enough to tell models apart without reading gigabytes of weights on every run."""
+    root = Path(path).resolve()
+    files = [root] if root.is_file() else sorted(
+        f for f in root.rglob("*") if f.is_file() and f.suffix in _MODEL_SUFFIXES
+        and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        if size <= _WHOLE_HASH_BYTES:
+            content = _sha256(file)
+        else:
+            with file.open("rb") as handle:
+                head = handle.read(_EDGE_BYTES)
+                handle.seek(-_EDGE_BYTES, os.SEEK_END)
+                content = hashlib.sha256(head + handle.read()).hexdigest()
+        name = "" if file == root else file.relative_to(root).as_posix()
+        digest.update(f"{name}\0{size}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def _judge_text(judge: dict[str, str] | None) -> str:
+    return "an unrecorded judge" if not judge else f"{judge.get('path')} (fingerprint {judge.get('fingerprint')})"
+
+
 def judge_scores(rows: Sequence[dict[str, Any]], judge_model: str | os.PathLike, log: PredictionLog,
                  batch_size: int = 8, max_new_tokens: int = 384) -> dict[str, list[float]]:
     """The optional LLM judge of generated reports: a local chat LLM scores each report against its reference
     (``rg/llm_judge``, 0–1; replies without a score are left out and counted in ``rg/llm_judge_unparsed``).
 
-    Replies are logged per sample in ``log`` (a rerun asks only for the missing ones).
+    Replies are logged per sample in ``log`` with the judge that gave them (its path and
+    :func:`_model_fingerprint`), and a rerun asks only for the missing ones. Scores of two judges are never mixed:
+    a log holding another judge's replies is refused. The fingerprint decides, so a moved judge folder still counts
+    as the same judge.
+
+    Raises:
+        ValueError: ``log`` holds replies of another judge (or of an unrecorded one, logged before judges were
+            recorded).
     """
     from m3d_components.models.chat import ChatLM
 
+    judge = {"path": str(Path(judge_model).resolve()), "fingerprint": _model_fingerprint(judge_model)}
     done = {r["id"]: r for r in log.rows()}
+    others = [r.get("judge") for r in done.values()
+              if (r.get("judge") or {}).get("fingerprint") != judge["fingerprint"]]
+    if others:
+        raise ValueError(
+            f"{log.path} holds scores of {_judge_text(others[0])}, not of judge_model {_judge_text(judge)}: pass the "
+            f"judge_model those were scored with, or delete {log.path} to score every report with this one"
+        )
     todo = [r for r in rows if r["id"] not in done]
     if todo:
-        judge = ChatLM.from_local(judge_model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        model = ChatLM.from_local(judge_model, max_new_tokens=max_new_tokens, batch_size=batch_size)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            replies = judge.complete([judge_messages(r["answer"], r["prediction"]) for r in chunk])
-            entries = [{"id": r["id"], "reply": reply, "score": parse_judge_score(reply)}
+            replies = model.complete([judge_messages(r["answer"], r["prediction"]) for r in chunk])
+            entries = [{"id": r["id"], "reply": reply, "score": parse_judge_score(reply), "judge": judge}
                        for r, reply in zip(chunk, replies)]
             log.append(entries)
             done.update({e["id"]: e for e in entries})
@@ -477,7 +534,8 @@ def _track(checkpoint: dict[str, Any], summary: dict[str, dict[str, Any]], out: 
             logger.warning("%s: not continuing MLflow run %s (%s); starting a new one", checkpoint["name"], run_id, err)
             run_id = None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment.experiment_id,
-                          run_name=None if run_id else checkpoint["name"]) as run:
+                          run_name=None if run_id else unique_run_name(checkpoint["name"]),
+                          tags=None if run_id else {CHECKPOINT_TAG: checkpoint["name"]}) as run:
         id_file.write_text(run.info.run_id)
         if run_id is None:
             mlflow.log_params({"bundle": checkpoint["bundle"], "weights": str(checkpoint["weights"]),
@@ -508,13 +566,19 @@ def run_bench(checkpoints: Sequence[dict[str, Any]], tasks: Sequence[str], outpu
 
 
 def compare_runs(
-    store: str, out: str | os.PathLike, experiment: str = "m3d_bench", metrics: Sequence[str] | None = None
+    store: str, out: str | os.PathLike, experiment: str | None = None, metrics: Sequence[str] | None = None
 ) -> str:
     """Side-by-side table of the bench's MLflow runs (one column per run, ``value [95 % CI]``), written as
     ``<out>.md``, and a grouped bar chart of the same metrics with their intervals as ``<out>.png``.
 
+    A column is named by its run's checkpoint (the ``m3d.checkpoint`` tag; the run name for runs without it); runs of
+    one checkpoint name (benched again after its ``eval/<name>/`` was deleted, or the same name in two output folders
+    logging to one store) each keep a column, told apart by the first 8 characters of their run ids.
+
     Args:
         store: the MLflow tracking URI (e.g. ``sqlite:///bundles/m3d_bench/eval/mlruns.db``).
+        experiment: the MLflow experiment; None: the one the bench logs to (``MLFLOW_EXPERIMENT_NAME`` if set, else
+            ``m3d_bench``).
         metrics: the metric names to show (default: the headline metrics any run has).
 
     Raises:
@@ -526,14 +590,17 @@ def compare_runs(
     import matplotlib.pyplot as plt
     import mlflow
 
+    experiment = experiment_name("m3d_bench") if experiment is None else experiment
     client = mlflow.MlflowClient(store)
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"]) if found else []
     runs = [r for r in runs if r.info.status == "FINISHED"]
     if not runs:
         raise ValueError(f"no finished run of experiment {experiment!r} in {store}")
+    names = [run.data.tags.get(CHECKPOINT_TAG) or run.info.run_name or run.info.run_id for run in runs]
+    repeated = {name for name in names if names.count(name) > 1}
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
-    for run in runs:
+    for run, name in zip(runs, names):
         values = run.data.metrics
         summary = {}
         for key, value in values.items():
@@ -541,7 +608,7 @@ def compare_runs(
                 continue
             summary[key.replace("_at_", "@")] = {
                 "value": value, "ci95": [values.get(key + "/ci95_low", value), values.get(key + "/ci95_high", value)]}
-        summaries[run.info.run_name or run.info.run_id] = summary
+        summaries[f"{name} ({run.info.run_id[:8]})" if name in repeated else name] = summary
     shown = list(metrics or headline_keys(summaries))
     table = markdown_table(summaries, shown)
     out = Path(out)

@@ -315,7 +315,10 @@ def ensure_demo_segmenter(
 def require_demo_output(path: str | os.PathLike, made_by: str) -> str:
     """``path`` if an earlier demo step wrote it, else a FileNotFoundError that says which step makes it."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing: run {made_by} first (`m3d demo` runs every step in order)")
+        raise FileNotFoundError(
+            f"{path} is missing: run {made_by} first (`m3d demo` runs every step in order, into demo_run/; "
+            "`m3d infer --demo` and `m3d merge-lora --demo` read that folder, a bundle run reads --models_dir)"
+        )
     return str(path)
 
 

@@ -143,11 +143,23 @@ def describe_boxes(
     text: str, volume: np.ndarray, sidecar: dict | None, out_dir: str | os.PathLike
 ) -> list[dict[str, Any]]:
     """Every box written in ``text``: normalised, canonical voxels, source voxels and RAS millimetres (when the
-    scan's ``sidecar`` is known), and a PNG of it drawn on ``volume``'s slices (``box_<i>.png`` in ``out_dir``)."""
+    scan's ``sidecar`` is known), and a PNG of it drawn on ``volume``'s slices (``box_<i>.png`` in ``out_dir``).
+
+    The boxes are model output: one whose minimum lies above its maximum on an axis is kept as written with an
+    ``"invalid"`` reason and nothing derived from it, so the answer is still reported.
+    """
     image_size = volume.shape[1:]
     boxes = []
+    for stale in Path(out_dir).glob("box_*.png"):  # an earlier answer's boxes are not this one's
+        stale.unlink()
     for i, box in enumerate(parse_boxes(text)):
-        entry: dict[str, Any] = {"normalized": box, "voxel": denormalize_box(box, image_size)}
+        entry: dict[str, Any] = {"normalized": box}
+        inverted = [axis for axis, lo, hi in zip("DHW", box[:3], box[3:]) if lo > hi]
+        if inverted:
+            entry["invalid"] = f"minimum above maximum along {', '.join(inverted)}"
+            boxes.append(entry)
+            continue
+        entry["voxel"] = denormalize_box(box, image_size)
         if sidecar is not None:
             entry["source_voxel"] = box_to_source(entry["voxel"], sidecar)
             entry["patient_mm_ras"] = box_to_patient_mm(entry["voxel"], sidecar, "RAS")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["lenient_correct", "parse_choice", "strict_correct"]
+__all__ = ["PLACEHOLDER", "lenient_correct", "parse_choice", "strict_correct"]
 
 _LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?:[.):]|\s*$)")
+_MARKER = re.compile(r"(?<![A-Za-z])\(?([A-D])[.):]")
+PLACEHOLDER = "NA"  # what the VQA reader writes for an empty choice (a two- or three-option question)
 
 
 def lenient_correct(prediction: str, letter: str) -> bool:
@@ -19,15 +21,26 @@ def lenient_correct(prediction: str, letter: str) -> bool:
     return f"{letter}." in prediction
 
 
+def _names(text: str, option: str) -> bool:
+    """Whether ``text`` names ``option`` as whole words (so "na" is not found in "renal")."""
+    return re.search(rf"(?<!\w){re.escape(option.lower())}(?!\w)", text.lower()) is not None
+
+
 def parse_choice(prediction: str, choices: dict[str, str] | None = None) -> str | None:
     """The option an answer commits to: its leading letter (``"B."``, ``"B)"``, ``"B"``), else the one option text
-    it contains (when ``choices`` is given); None when it names no option or several."""
+    it names as whole words (when ``choices`` is given; an option inside a longer named one, "liver" in "liver cyst",
+    does not count); None when it names no option or several ("A. liver B. spleen")."""
     text = prediction.strip()
+    if len(set(_MARKER.findall(text))) > 1:
+        return None
     match = _LETTER.match(text)
     if match:
         return match.group(1)
     if choices:
-        named = [c for c, option in choices.items() if option and option.lower() in text.lower()]
+        named = {c: option for c, option in choices.items()
+                 if option and option != PLACEHOLDER and _names(text, option)}
+        named = [c for c, option in named.items()
+                 if not any(other != option and _names(other, option) for other in named.values())]
         if len(named) == 1:
             return named[0]
     return None

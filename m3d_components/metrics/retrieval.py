@@ -22,13 +22,16 @@ def query_hits(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[
     """Per query, whether its correct candidate is in the top k: ``{k: (N,) bool}`` for a square (N queries,
     N candidates) similarity matrix whose correct answers lie on the diagonal.
 
-    A query's rank is the number of candidates scored strictly higher than its correct one, so ties are counted in
-    the query's favour; with float embeddings ties practically never happen.
+    A query's rank is the number of *other* candidates not scored strictly below its correct one: ties (and NaNs)
+    count against the query, so a collapsed model whose embeddings are all alike — a constant similarity matrix —
+    gets R@k = 0 for every k < N instead of a perfect score. Without ties this is the usual 0-based rank.
     """
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"similarity must be a square (N, N) matrix, got shape {tuple(similarity.shape)}")
     correct = similarity.diagonal().unsqueeze(1)  # (N, 1)
-    rank = (similarity > correct).sum(dim=1)  # (N,)
+    beats = ~(similarity < correct)  # ties and NaN comparisons count as beating the correct candidate
+    beats.fill_diagonal_(False)  # the correct candidate itself
+    rank = beats.sum(dim=1)  # (N,)
     return {k: rank < k for k in ks}
 
 

@@ -8,7 +8,9 @@ F-measures without stemming, METEOR α 0.9 / β 3 / γ 0.5, BERTScore without id
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from functools import lru_cache
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from sacrebleu.metrics import BLEU
 
-__all__ = ["TEXT_METRICS", "bertscore_f1", "bleu1", "meteor", "rouge", "text_scores", "wordnet_dir"]
+__all__ = ["TEXT_METRICS", "bertscore_f1", "bleu1", "meteor", "rouge", "text_scores", "word_tokens", "wordnet_dir"]
 
 TEXT_METRICS = ("bleu", "rouge1", "rougeL", "meteor", "bertscore_f1")
 
@@ -94,18 +96,27 @@ def _wordnet():
     return WordNetCorpusReader(str(wordnet_dir() / "corpora" / "wordnet"), None)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Words as ``nltk.word_tokenize`` (the tokenizer of the published protocol's METEOR) splits them: sentence by
+    sentence, so that "normal." inside a report becomes "normal" and "." as it does at the end. A punctuation rule
+    stands in for the Punkt sentence model, whose data would have to be downloaded."""
+    from nltk.tokenize import NLTKWordTokenizer
+
+    tokenizer = NLTKWordTokenizer()
+    return [token for sentence in _SENTENCE_END.split(text.strip()) if sentence for token in tokenizer.tokenize(sentence)]
+
+
 def meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Per-sample METEOR (NLTK, α 0.9, β 3, γ 0.5) on Treebank word tokens (``word_tokenize`` without its sentence
-    splitter, whose model would have to be downloaded)."""
-    from nltk.tokenize import TreebankWordTokenizer
+    """Per-sample METEOR (NLTK, α 0.9, β 3, γ 0.5) on :func:`word_tokens`."""
     from nltk.translate.meteor_score import meteor_score
 
     _check(predictions, references)
-    tokenize, wordnet = TreebankWordTokenizer().tokenize, _wordnet()
-    return [
-        float(meteor_score([tokenize(r.strip())], tokenize(p.strip()), wordnet=wordnet))
-        for p, r in zip(predictions, references)
-    ]
+    wordnet = _wordnet()
+    return [float(meteor_score([word_tokens(r)], word_tokens(p), wordnet=wordnet))
+            for p, r in zip(predictions, references)]
 
 
 def bertscore_f1(
@@ -117,8 +128,8 @@ def bertscore_f1(
 
     Args:
         model: a local Hugging Face encoder folder (the published protocol uses roberta-large; any BERT-like works).
-        num_layers: the layer whose states are compared (default: bert-score's choice for a model of that folder
-            name, e.g. 17 for ``roberta-large``; else the model's last).
+        num_layers: the layer whose states are compared (default: bert-score's choice for that model, e.g. 17 for
+            ``roberta-large``, recognised by its folder, cache folder or ``config.json`` name; else the model's last).
 
     Raises:
         FileNotFoundError: when ``model`` is not a local folder (hub ids are not fetched).
@@ -131,8 +142,7 @@ def bertscore_f1(
     path = Path(model)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"BERTScore model {model!r} is not a local model folder (nothing is downloaded)")
-    # bert-score's tuned layer for a known model (roberta-large: 17, as the published protocol used), else the last
-    layers = num_layers or model2layers.get(path.name) or AutoConfig.from_pretrained(path).num_hidden_layers
+    layers = num_layers or _tuned_layer(path, model2layers) or AutoConfig.from_pretrained(path).num_hidden_layers
     pairs = [(i, p.strip(), r.strip()) for i, (p, r) in enumerate(zip(predictions, references))]
     scored = [(i, p, r) for i, p, r in pairs if p and r]  # an empty text has no token to match: F1 0
     out = [0.0] * len(pairs)
@@ -144,6 +154,21 @@ def bertscore_f1(
         for (i, _, _), value in zip(scored, f1.tolist()):
             out[i] = float(value)
     return out
+
+
+def _tuned_layer(path: Path, tuned: dict[str, int]) -> int | None:
+    """bert-score's tuned layer for the model in ``path`` (roberta-large: 17, as the published protocol used): found
+    by the folder's name, by a Hugging Face cache folder's (``models--roberta-large/snapshots/<hash>``) or by the
+    name in its ``config.json``."""
+    names = [path.name]
+    if path.parent.name == "snapshots":
+        names.append(path.parent.parent.name.removeprefix("models--").replace("--", "/"))
+    names.append(str(json.loads((path / "config.json").read_text()).get("_name_or_path", "")))
+    for name in names:
+        for candidate in (name, name.rsplit("/", 1)[-1]):
+            if candidate in tuned:
+                return tuned[candidate]
+    return None
 
 
 def text_scores(

@@ -130,10 +130,14 @@ def test_inference_on_a_real_nifti_gives_boxes_in_voxels_and_mm(trained, demo_di
 
 
 def test_m3d_infer_on_a_demo_volume(trained, demo_dir, clip_trained, tmp_path):
+    """`m3d infer --demo` reads the models of an `m3d demo` run (its folder layout, made here from the fixtures)."""
+    demo_run = tmp_path / "demo_run"
+    for bundle, made in (("clip_pretrain", clip_trained), (BUNDLE, trained)):
+        (demo_run / bundle).mkdir(parents=True)
+        (demo_run / bundle / "models").symlink_to(made / "models")
     volume = demo_dir / "images" / "test" / "test_00000.npy"
-    command = ["infer", "--image", str(volume), "--demo",
-               "--question", REC_QUESTION, "--out", str(tmp_path),
-               *_dirs(demo_dir, clip_trained, trained)]
+    command = ["infer", "--image", str(volume), "--demo", "--demo_run", str(demo_run),
+               "--question", REC_QUESTION, "--out", str(tmp_path), "--demo_dir", str(demo_dir)]
     result = run_module("m3d_components.cli", *command, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = read_json(tmp_path / "answer.json")

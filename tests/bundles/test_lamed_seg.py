@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ..launch import run_module
 from .conftest import BUNDLES, bundle_run, check, checked_layout, eval_metrics, seg_dirs, with_generated_seg_instructions
 
 BUNDLE = "lamed_seg"
@@ -111,6 +112,41 @@ def test_image_only_entry_as_monai_label_runs_it(inference):
     out = inference.get_parsed_content("postprocessing")(data)
     assert tuple(out["pred"].shape[1:]) == nib.load(str(ITK_T1)).shape
     assert set(torch.unique(out["pred"]).tolist()) <= {0.0, 1.0}
+
+
+def test_exported_copy_loads_and_segments_as_monai_label_loads_it(inference, demo_dir, clip_trained, lamed_trained,
+                                                                   seg_trained, tmp_path):
+    """`m3d export-monailabel`, then MONAI Label's own steps on the copy: only `configs/inference.json` with
+    `bundle_root` set to the copy, `network_def` built (here without its trained file), `models/model.pt` loaded
+    with strict=False — the mask equals the bundle's."""
+    from monai.bundle import ConfigParser
+
+    copy = tmp_path / "lamed_seg"
+    result = run_module("m3d_components.cli", "export-monailabel", str(copy), "--demo",
+                        *_dirs(demo_dir, clip_trained, lamed_trained, seg_trained),
+                        "--weights", str(seg_trained / "models" / "trained.safetensors"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (copy / "configs").iterdir()) == [
+        "inference.json", "logging.conf", "metadata.json", "settings_schema.json"]
+
+    parser = ConfigParser()
+    parser.read_config(str(copy / "configs" / "inference.json"))
+    parser.config.update({"bundle_root": str(copy), "weights": None})  # model.pt alone brings the training
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    untrained = {k: v.clone() for k, v in network.state_dict().items()}
+    state = torch.load(copy / "models" / "model.pt", weights_only=True)
+    loaded = network.load_state_dict(state, strict=False)
+    assert state and not loaded.unexpected_keys
+    assert any(k.startswith("model.segmenter.") for k in state) and any("lora_" in k for k in state)
+    assert any(not torch.equal(untrained[k], v) for k, v in state.items())
+
+    scan, _ = _nifti_of_a_demo_case(demo_dir, tmp_path / "case.nii.gz")
+    masks = []
+    for config, net in ((parser, network), (inference, inference.get_parsed_content("network"))):
+        data = config.get_parsed_content("preprocessing")({"image": str(scan)})
+        data["pred"] = config.get_parsed_content("inferer")(data["image"][None], net)[0]
+        masks.append(config.get_parsed_content("postprocessing")(data)["pred"])
+    assert masks[0].any() and torch.equal(masks[0], masks[1])  # the liver, found by both
 
 
 def test_two_process_gloo_training(demo_dir, clip_trained, lamed_trained, tmp_path, clean_mlflow_env):

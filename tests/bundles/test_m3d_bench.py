@@ -69,7 +69,8 @@ def test_bench_resumes_after_a_crash_and_tracks_each_checkpoint(clip_trained, la
     assert not regenerated
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     runs = client.search_runs(client.get_experiment_by_name("m3d_bench").experiment_id)
-    assert sorted(r.info.run_name for r in runs) == [
+    assert len({r.info.run_name for r in runs}) == len(runs)
+    assert sorted(r.data.tags["m3d.checkpoint"] for r in runs) == [
         "clip-demo", "lamed-demo", "lamed-demo-image_free", "seg-demo", "seg-demo-image_free"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert "cvqa/acc" in (tmp_path / "comparison.md").read_text()

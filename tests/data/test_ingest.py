@@ -4,11 +4,15 @@ CT_small.dcm. The forward mapping (MONAI) and the inverse (sidecar matrix) must 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from m3d_components.data.boxes import mask_to_box
@@ -17,6 +21,7 @@ from m3d_components.data.ingest import (
     box_to_patient_mm,
     box_to_source,
     load_sidecar,
+    load_source,
     mask_to_source,
     prepare_mask,
     prepare_volume,
@@ -121,27 +126,45 @@ def test_patient_mm_box_matches_the_source_affine(tmp_path, source_labels):
     np.testing.assert_allclose(lps[:2], [-ras[3], -ras[4]])
 
 
-def _write_ct_series(folder: Path, n_slices: int = 5) -> None:
-    """Copies of CT_small.dcm 5 mm apart; slice k gets +100·k HU so the slice order is visible."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
+CT_SMALL = get_testdata_file("CT_small.dcm")
 
-    template = get_testdata_file("CT_small.dcm")
-    for k in range(n_slices):
-        ds = pydicom.dcmread(template)
+
+def _write_ct_series(
+    folder: Path,
+    offsets: Sequence[float] = (0, 5, 10, 15, 20),
+    numbers: Sequence[int] | None = None,
+    series_uid: str | None = None,
+    description: str | None = None,
+    prefix: str = "slice",
+) -> None:
+    """Copies of CT_small.dcm at z + ``offsets`` mm; slice k gets +100·k HU so the slice order is visible.
+
+    ``numbers`` are the InstanceNumbers (default 1, 2, …); file names run in reverse slice order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, offset in enumerate(offsets):
+        ds = pydicom.dcmread(CT_SMALL)
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y, z + 5.0 * k]
-        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [x, y, z + offset]
+        ds.InstanceNumber = numbers[k] if numbers else k + 1
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if series_uid:
+            ds.SeriesInstanceUID = series_uid
+        if description:
+            ds.SeriesDescription = description
         ds.PixelData = (ds.pixel_array + 100 * k).astype(ds.pixel_array.dtype).tobytes()
-        ds.save_as(folder / f"slice_{(3 * k) % n_slices}.dcm")  # file names out of slice order
+        ds.save_as(folder / f"{prefix}_{len(offsets) - 1 - k:03d}.dcm")
+
+
+def _expected_slice(k: int) -> np.ndarray:
+    """Slice k of the series as MONAI returns it: (column, row), rescaled to HU."""
+    ds = pydicom.dcmread(CT_SMALL)
+    return (ds.pixel_array.T + 100 * k) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
 def test_dicom_series(tmp_path):
     series = tmp_path / "series"
-    series.mkdir()
     _write_ct_series(series)
     sidecar = prepare_volume(series, tmp_path / "ct.npy", window="abdomen", spatial_size=(8, 32, 32))
     assert load_volume(tmp_path / "ct.npy").shape == (1, 8, 32, 32)
@@ -159,6 +182,66 @@ def test_dicom_series(tmp_path):
     np.testing.assert_allclose(written.affine, sidecar["source_affine"], atol=1e-4)
     back = box_to_source(mask_to_box(mask), sidecar)
     assert back == list(mask_to_box(np.asarray(written.dataobj)))
+
+
+def test_dicom_slices_follow_position_not_instance_number(tmp_path):
+    """InstanceNumbers out of position order (and files that are not images) must not change the volume."""
+    series = tmp_path / "series"
+    _write_ct_series(series, numbers=[3, 1, 5, 2, 4])
+    (series / "notes.txt").write_text("exported by PACS")
+    report = pydicom.dcmread(CT_SMALL)  # a DICOM file without pixels, in another series, like a DICOMDIR or report
+    del report.PixelData, report.Rows, report.Columns
+    report.SeriesInstanceUID = generate_uid()
+    report.save_as(series / "report.dcm")
+    source = load_source(series)
+    assert tuple(source.shape) == (1, 128, 128, 5)
+    for k in range(5):
+        np.testing.assert_array_equal(source[0, :, :, k].numpy(), _expected_slice(k), err_msg=f"slice {k}")
+    first_z = float(pydicom.dcmread(CT_SMALL).ImagePositionPatient[2])
+    np.testing.assert_allclose(source.affine[2, 2:].numpy(), [5.0, first_z], atol=1e-4)
+
+
+def test_two_dicom_series_in_one_folder_are_refused(tmp_path):
+    folder = tmp_path / "export"
+    axial, scout = generate_uid(), generate_uid()
+    _write_ct_series(folder, series_uid=axial, description="AX 5mm", prefix="ax")
+    _write_ct_series(folder, offsets=(2.5, 7.5, 12.5), series_uid=scout, description="scout", prefix="scout")
+    with pytest.raises(DataError, match="2 DICOM series") as info:
+        prepare_volume(folder, tmp_path / "out.npy", spatial_size=(8, 8, 8))
+    assert info.value.source == str(folder)
+    message = str(info.value)
+    assert f"{axial} 'AX 5mm' (5 slices)" in message and f"{scout} 'scout' (3 slices)" in message
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_dicom_only_in_subfolders_names_them(tmp_path):
+    export = tmp_path / "export"
+    _write_ct_series(export / "DICOM" / "SE1")
+    _write_ct_series(export / "DICOM" / "SE2", offsets=(0, 5, 10), series_uid=generate_uid())
+    (export / "README.txt").write_text("exported by PACS")
+    with pytest.raises(DataError, match="no DICOM image files") as info:
+        load_source(export)
+    assert info.value.source == str(export)
+    message = str(info.value)
+    assert str(Path("DICOM", "SE1")) + " (5 files)" in message and str(Path("DICOM", "SE2")) + " (3 files)" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no DICOM image files in the folder$"):
+        load_source(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "offsets, problem",
+    [
+        ((0, 5, 10, 20, 25), "uneven slice spacing: 10 mm between"),  # slice at 15 mm missing
+        ((0, 5, 5, 10, 15), "same position"),
+    ],
+)
+def test_dicom_gaps_and_duplicates_are_refused(tmp_path, offsets, problem):
+    series = tmp_path / "series"
+    _write_ct_series(series, offsets=offsets)
+    with pytest.raises(DataError, match=problem) as info:
+        load_source(series)
+    assert info.value.source == str(series)
 
 
 def _save_nifti(path: Path, data: np.ndarray) -> Path:
@@ -188,6 +271,34 @@ def test_bad_inputs_name_the_file(tmp_path, make, problem):
         prepare_volume(path, tmp_path / "out.npy", spatial_size=(8, 8, 8))
     assert info.value.source == str(path)
     assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [(np.full((8, 8, 8), np.nan, np.float32), "NaN"), (np.full((8, 8, 8), 7, np.float32), "constant"),
+     (np.linspace(-1000, -400, 512, dtype=np.float32).reshape(8, 8, 8), "no voxel lies above the floor")],
+)
+def test_the_monai_chain_names_the_file_of_a_bad_scan(tmp_path, values, problem):
+    """scan_transforms (MONAI Label's preprocessing) refuses what load_source refuses, before the crop and resize."""
+    from m3d_components.data.ingest import scan_transforms
+
+    path = _save_nifti(tmp_path / "scan.nii.gz", values)
+    with pytest.raises(RuntimeError) as info:  # MONAI's Compose wraps a transform's error
+        scan_transforms("abdomen", (8, 8, 8))({"image": str(path)})
+    cause = info.value.__cause__
+    assert isinstance(cause, DataError) and problem in str(cause) and cause.source == str(path)
+
+
+@needs_itk
+def test_a_ct_window_on_a_scan_without_air_is_warned_about(tmp_path, caplog):
+    """The T1 is MRI (0–255): the abdomen window assumes Hounsfield units; the percentile window does not."""
+    with caplog.at_level("WARNING", logger="m3d_components.data.ingest"):
+        prepare_volume(T1, tmp_path / "ct.npy", "abdomen", spatial_size=(8, 16, 16))
+    assert "not CT in Hounsfield units" in caplog.text and "--window percentile" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="m3d_components.data.ingest"):
+        prepare_volume(T1, tmp_path / "mri.npy", "percentile", spatial_size=(8, 16, 16))
+    assert "Hounsfield" not in caplog.text
 
 
 def test_bad_options_are_rejected(tmp_path):

@@ -113,7 +113,10 @@ def test_dataset_rewrites_the_box_and_the_side_after_augmentation(generated):
     assert box != records[positive]["box"]  # the flips moved it
     assert format_box(box) in sample["answer"] and format_box(records[positive]["box"]) not in sample["answer"]
     assert np.allclose(sample["box"].numpy(), box, atol=1e-6)
-    assert sample["class_name"] == "right kidney"  # mirrored left–right, text follows
+    assert sample["class_name"] == "left kidney"  # two flips are a half turn: the anatomy keeps its sides
+    mirror = train_transforms(mask_keys=["seg"], text_keys=TEXT_KEYS, rotate_prob=0, flip_d_prob=0, flip_h_prob=0,
+                              flip_w_prob=1.0, scale_prob=0, shift_prob=0)
+    assert InstructionFileDataset(records, "rec", transform=mirror, seed=0)[positive]["class_name"] == "right kidney"
     with pytest.raises(ValueError, match="records of task"):
         InstructionFileDataset(records, "reg")
 

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import scipy.sparse
 
+from m3d_components.data.errors import DataError
 from m3d_components.data.ingest import load_sidecar, prepare_mask
 from m3d_components.data.masks import NEGATIVE_SHAPE, load_class_mask
 from m3d_components.data.prepare_seg import prepare_m3d_seg
+from m3d_components.data.seg import read_seg_split
 from m3d_components.data.volume import load_volume, minmax_normalize
 
 ITK = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
@@ -74,6 +76,35 @@ def test_raw_release_layout_and_negatives(raw_release, tmp_path):
         np.testing.assert_array_equal(mask[0], expected_mask[i])
     negative = np.load(out / "0000/case_a/masks/mask_2.npy")
     assert negative.shape == NEGATIVE_SHAPE and negative.dtype == np.int8 and not negative.any()
+
+
+def test_prepared_layout_reads_from_the_seg_folder_or_a_lamed_dataset_dir(raw_release, tmp_path):
+    """The bundles read M3D-Seg with ``data_root=dataset_dir`` (the folder above ``M3D_Seg``), `m3d validate-data`
+    without a root: both find the prepared files, whose paths start at the M3D-Seg folder."""
+    dataset_dir = tmp_path / "M3D"
+    prepare_m3d_seg(raw_release, dataset_dir / "M3D_Seg", spatial_size=XYZ[::-1])
+    split_file = dataset_dir / "M3D_Seg/0000/0000.json"
+    for root in (None, dataset_dir):
+        records = read_seg_split(split_file, "train", root)
+        assert [r["image"] for r in records] == [dataset_dir / "M3D_Seg/0000/case_a/image.npy"] * 3
+    (dataset_dir / "M3D_Seg/0000/case_a/masks/mask_1.npy").unlink()
+    with pytest.raises(DataError, match=r"label '0000/case_a/masks/mask_1.npy' not found under data_root "
+                                        rf"'{dataset_dir}' or '{dataset_dir / 'M3D_Seg'}'"):
+        read_seg_split(split_file, "train", dataset_dir)
+
+
+def test_command_line_options_reach_the_conversion(raw_release, tmp_path):
+    from ..launch import run_module
+
+    out = tmp_path / "M3D_Seg"
+    result = run_module("m3d_components.cli", "prepare", "m3d-seg", str(raw_release), str(out), "--size", "8,10,12",
+                        "--codes", "0000", "--cache-dtype", "float16", "--workers", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["cases"] == 2
+    assert np.load(out / "0000/case_a/image.npy").dtype == np.float16
+    wrong = run_module("m3d_components.cli", "prepare", "m3d-seg", str(raw_release), str(tmp_path / "x"),
+                       "--codes", "0001")
+    assert wrong.returncode == 2 and "0001" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_raw_release_resized_masks_stay_on_the_organ(raw_release, tmp_path):

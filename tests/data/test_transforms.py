@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Flip, RandFlipd, Rotate90
+from monai.transforms import Flip, Rotate90
 
 from m3d_components.data.transforms import (
     AUGMENTATION_KEY,
     RandDeviceAugmentd,
-    RandLateralFlipd,
+    RandMirrord,
     apply_augmentation,
     eval_transforms,
     swap_laterality,
@@ -83,10 +83,10 @@ def test_probability_zero_changes_nothing():
     assert out["text"] == "left adrenal gland"
 
 
-def test_laterality_off_never_flips_w():
-    settings = {**NO_AUGMENTATION, "flip_w_prob": 1.0}
+def test_laterality_off_never_flips():
+    settings = {**NO_AUGMENTATION, "flip_d_prob": 1.0, "flip_h_prob": 1.0, "flip_w_prob": 1.0}
     chain = train_transforms(mask_keys=["seg"], text_keys=["text"], laterality="off", **settings)
-    assert not any(isinstance(t, RandFlipd) and t.flipper.spatial_axis == 2 for t in chain.transforms)
+    assert not any(isinstance(t, RandMirrord) for t in chain.transforms)
     sample = _sample(text="left lung")
     for seed in range(5):
         out = _run(chain, sample, seed)
@@ -94,11 +94,34 @@ def test_laterality_off_never_flips_w():
         assert out["text"] == "left lung"
 
 
-def test_lateral_flip_draw_rate_follows_prob():
-    flip = RandLateralFlipd(keys="image", text_keys="text", prob=0.3)
-    flip.set_random_state(0)
-    texts = [flip({"image": np.zeros(SHAPE, np.float32), "text": "left"})["text"] for _ in range(400)]
+def test_mirror_draw_rates_follow_the_probabilities():
+    mirror = RandMirrord(keys="image", text_keys="text", flip_probs=(0.0, 0.0, 0.3))
+    mirror.set_random_state(0)
+    texts = [mirror({"image": np.zeros(SHAPE, np.float32), "text": "left"})["text"] for _ in range(400)]
     assert 0.2 < texts.count("right") / len(texts) < 0.4
+    with pytest.raises(ValueError, match="one probability per axis"):
+        RandMirrord(keys="image", flip_probs=(0.1, 0.1))
+
+
+@pytest.mark.parametrize("flips", [(1, 0, 0), (0, 1, 0), (1, 1, 0), (1, 1, 1), (0, 1, 1)])
+def test_every_mirror_swaps_the_sides_and_one_volume_never_gets_two_labels(flips):
+    """A 180° axial turn after an H flip is the W-flipped volume: both must name the sides alike, and so must every
+    odd number of flips; an even number (a rotation) keeps the words."""
+    sample = {"image": np.random.default_rng(1).random(SHAPE, dtype=np.float32), "text": "left kidney"}
+    mirror = RandMirrord(keys="image", text_keys="text", flip_probs=flips)
+    out = mirror(dict(sample))
+    expected = sample["image"]
+    for axis, flag in zip((1, 2, 3), flips):
+        expected = np.flip(expected, axis) if flag else expected
+    np.testing.assert_array_equal(np.asarray(out["image"]), expected)
+    assert out["text"] == ("right kidney" if sum(flips) % 2 else "left kidney")
+
+    turned = np.rot90(np.flip(sample["image"], 2), 2, axes=(2, 3))  # H flip, then a half turn
+    w_flipped = RandMirrord(keys="image", text_keys="text", flip_probs=(0, 0, 1))(dict(sample))
+    np.testing.assert_array_equal(turned, np.asarray(w_flipped["image"]))
+    h_then_turn = train_transforms(text_keys=["text"], **{**NO_AUGMENTATION, "rotate_prob": 1.0, "flip_h_prob": 1.0})
+    for seed in range(20):  # whatever the turn, an H flip is one mirror
+        assert _run(h_then_turn, sample, seed)["text"] == w_flipped["text"] == "right kidney"
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -225,7 +248,8 @@ def test_device_chain_mask_and_text_follow_the_device_image():
         spatial = torch.cat([draw[:4], torch.zeros(2)])[None]
         on_device = apply_augmentation(torch.as_tensor(sample["image"])[None], spatial)[0]
         assert out["seg"].dtype == torch.uint8 and torch.equal(out["seg"].float(), on_device)
-        assert out["text"] == ("right kidney" if draw[3] else "left kidney") and out["label"] == "left"
+        mirrored = int(draw[1:4].sum()) % 2 == 1
+        assert out["text"] == ("right kidney" if mirrored else "left kidney") and out["label"] == "left"
         seen.add((int(draw[0]), int(draw[3])))
     assert seen == {(k, w) for k in range(4) for w in (0, 1)}, "every turn count with and without a W flip"
 

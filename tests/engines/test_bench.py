@@ -1,5 +1,6 @@
-"""M3D-Bench pieces on fixed inputs: the per-sample log (cut lines, resume), task scores equal to direct library
-calls, bootstrap intervals equal to scipy's, the tables and `m3d compare`."""
+"""M3D-Bench pieces on fixed inputs: the per-sample log (cut lines, resume, damage refused), task scores equal to
+direct library calls, bootstrap intervals equal to scipy's, the tables and `m3d compare` (experiment, runs sharing a
+name), the LLM judge's replies kept per judge."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ def test_prediction_log_drops_a_cut_last_line_and_reports_done_ids(tmp_path):
     assert log.done() == {"cvqa:0", "cvqa:1", "cvqa:2"}
     log.append([{"id": "cvqa:3"}])
     assert [r["id"] for r in log.rows()] == ["cvqa:0", "cvqa:1", "cvqa:2", "cvqa:3"]
+
+
+def test_prediction_log_refuses_a_damaged_line_before_good_ones(tmp_path):
+    log = PredictionLog(tmp_path / "p.jsonl")
+    text = '{"id": "cvqa:0"}\n{"id": "cvqa:1", "x"\n{"id": "cvqa:2"}\n{"id": "cvqa:3"}\n'
+    log.path.write_text(text)
+    with pytest.raises(ValueError, match=r"p\.jsonl, line 2: not a JSON row .*repair or remove that line"):
+        log.rows()
+    assert log.path.read_text() == text  # nothing after the damage is thrown away
+    log.path.write_text('{"id": "cvqa:0"}\n{"id": "cvqa:1"}\n{"id": "cvqa:2", "x"\n')  # complete but not JSON
+    with pytest.raises(ValueError, match=r"line 3: not a JSON row"):
+        log.done()
+    log.path.write_bytes(b'{"id": "cvqa:0"}\n\xff\n{"id": "cvqa:2"}\n')
+    with pytest.raises(ValueError, match=r"line 2: not a JSON row"):
+        log.rows()
 
 
 def test_answers_are_reused_only_for_the_same_settings(tmp_path):
@@ -110,6 +126,125 @@ def test_tables_and_compare(tmp_path):
     assert (tmp_path / "cmp.md").read_text() == table and (tmp_path / "cmp.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no finished run of experiment 'other'"):
         compare_runs(store, tmp_path / "x", experiment="other")
+
+
+def _bench_run(output_dir, name, value):
+    """What bench_checkpoint logs to MLflow for one checkpoint scored ``value``."""
+    from m3d_components.engines.bench import _track
+
+    out = output_dir / name
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"cvqa/acc": {"value": value, "ci95": [value - 0.1, value + 0.1], "n": 10}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "summary.md").write_text(markdown_table({name: summary}))
+    _track({"name": name, "bundle": "lamed_instruct", "weights": "w.safetensors"}, summary, out, ["cvqa"])
+
+
+def test_compare_reads_the_experiment_the_bench_logs_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact folder
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "my_bench")
+    _bench_run(tmp_path / "eval", "lamed", 0.8)
+    store = f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}"
+    assert "| cvqa/acc | 0.800 [0.700, 0.900] |" in compare_runs(store, tmp_path / "cmp")
+    with pytest.raises(ValueError, match="no finished run of experiment 'm3d_bench'"):
+        compare_runs(store, tmp_path / "cmp", experiment="m3d_bench")
+
+
+def test_compare_keeps_runs_that_share_a_name(tmp_path, monkeypatch):
+    import shutil
+
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    output_dir = tmp_path / "eval"
+    _bench_run(output_dir, "lamed", 0.8)
+    _bench_run(output_dir, "lamed", 0.8)  # a rerun continues its run
+    shutil.rmtree(output_dir / "lamed")  # the documented remedy for changed settings: a new run, same name
+    _bench_run(output_dir, "lamed", 0.6)
+    _bench_run(output_dir, "image_free", 0.3)
+    store = f"sqlite:///{output_dir / 'mlruns.db'}"
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("m3d_bench").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["m3d.checkpoint"] for r in runs] == ["lamed", "lamed", "image_free"]
+    assert len({r.info.run_name for r in runs}) == 3 and runs[0].info.run_name.startswith("lamed-")  # unique names
+    first, second = (r.info.run_id[:8] for r in runs[:2])
+    table = compare_runs(store, tmp_path / "cmp").splitlines()
+    assert table[0] == f"| metric | lamed ({first}) | lamed ({second}) | image_free |"
+    assert table[2] == "| cvqa/acc | 0.800 [0.700, 0.900] | 0.600 [0.500, 0.700] | 0.300 [0.200, 0.400] |"
+
+
+class _FakeJudge:
+    """Stands in for ChatLM: a fixed reply, and a count of the reports it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def complete(self, prompts):
+        self.asked += len(prompts)
+        return ["Score: 80."] * len(prompts)
+
+
+def _judge_folder(path, hidden_size):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden_size}))
+    (path / "model.safetensors").write_bytes(bytes(range(256)) * 40)
+    return path
+
+
+def test_cached_judge_scores_are_reused_only_for_the_same_judge(tmp_path, monkeypatch):
+    from m3d_components.engines.bench import judge_scores
+    from m3d_components.models.chat import ChatLM
+
+    fake = _FakeJudge()
+    monkeypatch.setattr(ChatLM, "from_local", lambda *args, **kwargs: fake)
+    rows = [{"id": f"rg:{i}", "answer": "Liver enlarged.", "prediction": "Enlarged liver."} for i in range(3)]
+    judge_a, judge_b = _judge_folder(tmp_path / "a", 64), _judge_folder(tmp_path / "b", 128)
+    log = PredictionLog(tmp_path / "judge.jsonl")
+    assert judge_scores(rows[:2], judge_a, log)["rg/llm_judge"] == pytest.approx([0.8, 0.8]) and fake.asked == 2
+    assert {r["judge"]["path"] for r in log.rows()} == {str(judge_a.resolve())}
+    moved = tmp_path / "moved"
+    judge_a.rename(moved)  # the same judge in another folder: its replies are reused, the new one asked
+    (moved / "README.md").write_text("notes")
+    assert len(judge_scores(rows, moved, log)["rg/llm_judge"]) == 3 and fake.asked == 3
+    with pytest.raises(ValueError, match=r"judge\.jsonl holds scores of \S+/a \(fingerprint [0-9a-f]{64}\), not of "
+                                         r"judge_model .*b \(fingerprint .*delete .*judge\.jsonl"):
+        judge_scores(rows, judge_b, log)
+    assert fake.asked == 3 and len(log.rows()) == 3  # refused before asking or logging anything
+
+    legacy = PredictionLog(tmp_path / "legacy.jsonl")
+    legacy.append([{"id": "rg:0", "reply": "Score: 50", "score": 0.5}])  # logged before judges were recorded
+    with pytest.raises(ValueError, match="holds scores of an unrecorded judge"):
+        judge_scores(rows, moved, legacy)
+
+
+def test_judge_fingerprint_reads_the_model_files_cheaply(tmp_path, monkeypatch):
+    from m3d_components.engines import bench
+
+    monkeypatch.setattr(bench, "_WHOLE_HASH_BYTES", 4096)
+    monkeypatch.setattr(bench, "_EDGE_BYTES", 1024)
+    folder = _judge_folder(tmp_path / "judge", 64)  # 10240 weight bytes: hashed by their first and last KiB
+    before = bench._model_fingerprint(folder)
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"compiled")
+    (folder / "README.md").write_text("notes")
+    assert bench._model_fingerprint(folder) == before  # not model files
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert bench._model_fingerprint(folder) != before
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    assert bench._model_fingerprint(folder) != before
+    gguf = tmp_path / "judge.gguf"
+    gguf.write_bytes(bytes(5000))
+    assert bench._model_fingerprint(gguf) == bench._model_fingerprint(gguf)
+    assert bench._model_fingerprint(gguf) != bench._model_fingerprint(folder)
 
 
 @pytest.mark.parametrize("reply, score", [

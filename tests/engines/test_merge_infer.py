@@ -104,3 +104,9 @@ def test_a_written_box_maps_back_to_the_real_scan(tmp_path):
     assert np.abs(np.asarray(entry["source_voxel"]) - expected).max() <= 3  # via the 16×64×64 grid and back
     mm = entry["patient_mm_ras"]
     assert all(mm[i] < mm[i + 3] for i in range(3))
+
+    inverted = [box[3], *box[1:3], box[0], *box[4:]]  # D corners swapped, as a model may write them
+    (tmp_path / "box_3.png").write_bytes(b"from an earlier answer")
+    [entry] = describe_boxes(f"{text} Also [{', '.join(f'{v:.3f}' for v in inverted)}].", volume, sidecar, tmp_path)[1:]
+    assert entry == {"normalized": pytest.approx(inverted, abs=1e-3), "invalid": "minimum above maximum along D"}
+    assert sorted(p.name for p in tmp_path.glob("box_*.png")) == ["box_0.png"]  # none left from the earlier answer

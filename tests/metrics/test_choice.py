@@ -19,5 +19,17 @@ def test_parse_choice(text, letter):
 def test_lenient_rule_accepts_an_answer_listing_every_option_strict_does_not():
     hedge = "A. Axial B. Sagittal C. Coronal D. Oblique"
     assert all(lenient_correct(hedge, letter) for letter in "ABCD")
-    assert strict_correct(hedge, "A") and not strict_correct(hedge, "B")
+    assert parse_choice(hedge, CHOICES) is None and not strict_correct(hedge, "A")
+    assert parse_choice("A. Axial. B. is wrong because", CHOICES) is None
     assert not lenient_correct("B Sagittal", "B") and strict_correct("B Sagittal", "B", CHOICES)
+
+
+def test_option_texts_are_matched_as_whole_words_and_placeholders_never():
+    """An empty choice is read as "NA"; "na" inside "adrenal" or "renal" must not make the answer ambiguous."""
+    choices = {"A": "Adrenal gland", "B": "Kidney", "C": "NA", "D": "NA"}
+    assert parse_choice("The adrenal gland.", choices) == "A"
+    assert parse_choice("It is NA", choices) is None
+    organs = {"A": "Liver", "B": "Liver cyst", "C": "Spleen", "D": "Kidney"}
+    assert parse_choice("a liver cyst", organs) == "B"  # "liver" only inside the longer option
+    assert parse_choice("the liver and the spleen", organs) is None
+    assert parse_choice("delivery", organs) is None

@@ -1,13 +1,35 @@
 import pytest
 import torch
 
-from m3d_components.metrics.retrieval import recall_at_k, retrieval_metrics
+from m3d_components.metrics.retrieval import query_hits, recall_at_k, retrieval_metrics
 
 
 def test_hand_checked_recall():
     # query 0: correct scored highest (rank 0); query 1: one better (rank 1); query 2: two better (rank 2)
     sim = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.5, 0.1], [0.7, 0.6, 0.3]])
     assert recall_at_k(sim, (1, 2, 3)) == pytest.approx({1: 1 / 3, 2: 2 / 3, 3: 1.0})
+
+
+def test_ties_count_against_the_query():
+    # a collapsed model: every image and text embedding alike, so every score ties with the correct one
+    assert recall_at_k(torch.full((10, 10), 0.7), (1, 5, 10)) == {1: 0.0, 5: 0.0, 10: 1.0}
+    collapsed = torch.nn.functional.normalize(torch.ones(200, 8), dim=1)
+    assert all(v == 0.0 for v in retrieval_metrics(collapsed, collapsed).values())
+    # query 0 ties with one other candidate (rank 1); query 1 is strictly best (rank 0); NaN scores are misses
+    assert recall_at_k(torch.tensor([[0.5, 0.5], [0.1, 0.9]]), (1, 2)) == {1: 0.5, 2: 1.0}
+    assert recall_at_k(torch.tensor([[float("nan"), 0.2, 0.1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), (1,)) == {
+        1: pytest.approx(2 / 3)}
+
+
+def test_hits_equal_argsort_ranks_without_ties():
+    sim = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    assert sim.flatten().unique().numel() == sim.numel()  # no ties
+    order = torch.argsort(sim, dim=1, descending=True)
+    rank = (order == torch.arange(64).unsqueeze(1)).int().argmax(dim=1)  # position of the correct candidate
+    hits = query_hits(sim, (1, 5, 10, 64))
+    for k in (1, 5, 10, 64):
+        assert torch.equal(hits[k], rank < k), k
+    assert 0 < hits[10].sum() < 64
 
 
 def test_directions_are_named_by_the_query():

@@ -1,5 +1,7 @@
 """BLEU-1 per sample equals a direct sacrebleu call."""
 
+import json
+
 import pytest
 from sacrebleu.metrics import BLEU
 
@@ -49,13 +51,24 @@ def wordnet():
     return _wordnet()
 
 
+def test_word_tokens_split_sentences_as_word_tokenize_does():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    from m3d_components.metrics.text import word_tokens
+
+    text = "The liver is normal. The spleen, 12 cm, is enlarged! No ascites."
+    assert word_tokens(text) == ["The", "liver", "is", "normal", ".", "The", "spleen", ",", "12", "cm", ",", "is",
+                                 "enlarged", "!", "No", "ascites", "."]
+    assert NLTKWordTokenizer().tokenize(text)[3] == "normal."  # one call over the report keeps the inner periods
+
+
 def test_meteor_matches_nltk(wordnet):
-    from nltk.tokenize import TreebankWordTokenizer
+    from nltk.tokenize import NLTKWordTokenizer
     from nltk.translate.meteor_score import meteor_score
 
     from m3d_components.metrics.text import meteor
 
-    tok = TreebankWordTokenizer().tokenize
+    tok = NLTKWordTokenizer().tokenize  # word_tokenize on one-sentence texts (without the Punkt download)
     expected = [meteor_score([tok(r)], tok(p), wordnet=wordnet, alpha=0.9, beta=3, gamma=0.5)
                 for p, r in zip(PREDICTIONS, REFERENCES)]
     assert meteor(PREDICTIONS, REFERENCES) == pytest.approx(expected, abs=1e-9)
@@ -63,6 +76,9 @@ def test_meteor_matches_nltk(wordnet):
     # identical 4-token texts: one chunk, penalty 0.5·(1/4)^3, F-mean 1
     assert meteor(["the liver is normal"], ["the liver is normal"])[0] == pytest.approx(1 - 0.5 / 64)
     assert meteor(["enlarged liver"], ["enlarged livers"])[0] > meteor(["enlarged liver"], ["enlarged spleen"])[0]
+    # two sentences, 8 tokens ("normal" and "." apart): one chunk, penalty 0.5·(1/8)^3
+    report = "The liver is normal. No ascites."
+    assert meteor([report], [report])[0] == pytest.approx(1 - 0.5 / 512)
 
 
 def test_missing_wordnet_is_a_clear_error(monkeypatch, tmp_path):
@@ -101,3 +117,16 @@ def test_bertscore_matches_bert_score(tmp_path):
         [0.0, got[0]], abs=1e-6)  # an empty answer scores 0, the others as before
     with pytest.raises(FileNotFoundError, match="not a local model folder"):
         bertscore_f1(["a"], ["a"], "roberta-large")
+
+
+def test_the_tuned_bertscore_layer_is_found_by_folder_cache_folder_or_config_name(tmp_path):
+    from bert_score.utils import model2layers
+
+    from m3d_components.metrics.text import _tuned_layer
+
+    folders = {"roberta-large": {}, "models--roberta-large/snapshots/0123abc": {},
+               "my-copy": {"_name_or_path": "FacebookAI/roberta-large"}, "other": {"_name_or_path": "my-encoder"}}
+    for folder, config in folders.items():
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text(json.dumps(config))
+    assert [_tuned_layer(tmp_path / f, model2layers) for f in folders] == [17, 17, 17, None]
