@@ -83,7 +83,8 @@ class PrepareCommand:
         from m3d_components.data.prepare_seg import prepare_m3d_seg
 
         if codes is not None:  # text "0003,0011", or what fire made of it: a tuple, a number (0000 reads as 0)
-            items = codes.split(",") if isinstance(codes, str) else codes if isinstance(codes, (tuple, list)) else [codes]
+            items = codes.split(",") if isinstance(codes, str) else list(codes) if isinstance(codes, (tuple, list)) \
+                else [codes]
             codes = [f"{c:04d}" if isinstance(c, int) else str(c).strip() for c in items]
         print(json.dumps(prepare_m3d_seg(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype,
                                          window=window, codes=codes, test_fraction=test_fraction, seed=seed,

@@ -93,3 +93,9 @@ def test_missing_scan_and_weights_are_named_before_the_model_is_built(tmp_path):
     debug = run_module("m3d_components.cli", "infer", "--image", str(tmp_path / "scan.nii.gz"), cwd=Path.cwd(),
                        env={"M3D_DEBUG": "1"})
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_export_for_monai_label_refuses_a_bundle_it_cannot_run(tmp_path):
+    result = m3d("export-monailabel", str(tmp_path / "copy"), "--bundle", "lamed_instruct")
+    assert result.returncode == 2 and "not a bundle MONAI Label can run" in result.stderr
+    assert not (tmp_path / "copy").exists()

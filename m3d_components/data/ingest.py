@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, PydicomReader, get_track_meta, set_track_meta
+from monai.data import MetaTensor, NibabelReader, PydicomReader, get_track_meta, set_track_meta
 from monai.transforms import (
     Compose,
     CropForeground,
@@ -242,6 +242,24 @@ def _series_files(folder: Path) -> list[Path]:
     return list(headers)
 
 
+def _refuse_enhanced_multiframe(src: Path, files: Sequence[Path]) -> None:
+    """An enhanced multi-frame DICOM keeps each frame's position, orientation and rescale in per-frame groups, which
+    MONAI's reader does not read: it would build an identity affine and raw values, a volume that looks right and is
+    not."""
+    from pydicom import dcmread
+
+    for file in files if len(files) == 1 else []:
+        try:
+            header = dcmread(str(file), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM at all: the reader says so below
+            return
+        if int(header.get("NumberOfFrames", 1) or 1) > 1 and "ImagePositionPatient" not in header:
+            raise DataError(
+                str(src), f"{file.name} is an enhanced multi-frame DICOM (geometry per frame), which is not read here; "
+                "convert it to NIfTI first (e.g. dcm2niix) or pass a folder of single-frame slices"
+            )
+
+
 class _SeriesReader(PydicomReader):
     """MONAI's DICOM reader restricted to the checked files of one series, stacking them in position order.
 
@@ -269,10 +287,13 @@ def _read(src: Path, what: str) -> MetaTensor:
     if not src.exists():
         raise DataError(str(src), f"{what} not found")
     name = _reader_name(src)
-    reader = _SeriesReader(_series_files(src)) if src.is_dir() else name
+    files = _series_files(src) if src.is_dir() else [src]
+    if name == "PydicomReader":
+        _refuse_enhanced_multiframe(src, files)
+    reader = _SeriesReader(files) if src.is_dir() else PydicomReader() if name == "PydicomReader" else NibabelReader()
     try:
-        with _tracking_meta():
-            return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(src))
+        with _tracking_meta():  # a reader given at call time has no fallback to MONAI's others
+            return LoadImage(image_only=True, ensure_channel_first=True)(str(src), reader=reader)
     except Exception as err:  # the readers raise many types for corrupt or foreign files
         raise DataError(str(src), f"cannot read with {name} ({type(err).__name__}: {err})") from err
 

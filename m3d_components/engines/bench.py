@@ -287,10 +287,10 @@ def judge_scores(rows: Sequence[dict[str, Any]], judge_model: str | os.PathLike,
     others = [r.get("judge") for r in done.values()
               if (r.get("judge") or {}).get("fingerprint") != judge["fingerprint"]]
     if others:
-        raise ValueError(
-            f"{log.path} holds scores of {_judge_text(others[0])}, not of judge_model {_judge_text(judge)}: pass the "
-            f"judge_model those were scored with, or delete {log.path} to score every report with this one"
-        )
+        remedy = (f"pass the judge_model those were scored with, or delete {log.path}" if others[0] else
+                  f"they were logged before the judge was recorded, so delete {log.path}")
+        raise ValueError(f"{log.path} holds scores of {_judge_text(others[0])}, not of judge_model "
+                         f"{_judge_text(judge)}: {remedy} to score every report with this one")
     todo = [r for r in rows if r["id"] not in done]
     if todo:
         model = ChatLM.from_local(judge_model, max_new_tokens=max_new_tokens, batch_size=batch_size)

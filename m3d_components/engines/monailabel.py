@@ -31,19 +31,23 @@ logger = logging.getLogger(__name__)
 # top-level values computed from the bundle's own folder or made by the demo: fixed to what they are now
 _FIXED_WHEN_MENTIONING = ("@bundle_root", "me.demo.")
 _COPIED = ("metadata.json", "settings_schema.json", "logging.conf")
+_MONAI_LABEL_KEYS = ("network_def", "preprocessing", "inferer", "postprocessing")
 
 
 def export_bundle(bundle: str, configs: list[str], out: str | os.PathLike, **overrides: Any) -> dict[str, str]:
     """Write ``bundle`` (its ``configs`` merged, then ``overrides``) as a one-file bundle in ``out``.
 
-    Model paths (the LLM, the vision encoder) stay where they are, as absolute paths; the trained weights are
-    copied. The copy also runs as ``python -m monai.bundle run --config_file <out>/configs/inference.json``.
+    Model paths (the LLM, the vision encoder) stay where they are, as absolute paths (relative ones given in
+    ``overrides`` are resolved here); the trained weights are copied. The network is built once to name the tensors
+    of ``model.pt``, so the export needs the memory of the model on the CPU. The copy also runs as ``python -m monai.bundle run --config_file <out>/configs/inference.json``.
 
     Returns:
         the written ``inference.json``, ``model.pt`` and ``trained.safetensors``.
 
     Raises:
         SettingsError: for an override id that no config has.
+        ValueError: a bundle whose inference config lacks MONAI Label's keys (``network_def``, ``preprocessing``,
+            ``inferer``, ``postprocessing``).
         FileNotFoundError: when the trained weights are missing.
     """
     from monai.bundle import ConfigParser
@@ -53,7 +57,11 @@ def export_bundle(bundle: str, configs: list[str], out: str | os.PathLike, **ove
     check_overrides(files, overrides, f"{bundle} ({', '.join(configs)})")
     parser = ConfigParser()
     parser.read_config(files)
-    parser.update(overrides)
+    missing = [key for key in _MONAI_LABEL_KEYS if key not in parser.config]
+    if missing:
+        raise ValueError(f"{bundle}'s {configs[-1]} defines no {missing}: it is not a bundle MONAI Label can run "
+                         "(lamed_seg is)")
+    parser.update({key: _absolute(value) for key, value in overrides.items()})
     parser.parse()
     merged = dict(parser.config)
     for key, raw in parser.config.items():
@@ -81,12 +89,25 @@ def export_bundle(bundle: str, configs: list[str], out: str | os.PathLike, **ove
     return written
 
 
+def _absolute(value: Any) -> Any:
+    """A relative path given on the command line, made absolute: MONAI Label reads the copy from another folder."""
+    if isinstance(value, str) and not value.startswith(("$", "@", "%")) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def _network_state(parser, weights: Path) -> dict[str, torch.Tensor]:
-    """The trained tensors under ``network_def``'s parameter names, as MONAI Label loads ``model.pt``."""
-    trained = set(load_file(str(weights)))
+    """The tensors of ``weights`` under ``network_def``'s parameter names, as MONAI Label loads ``model.pt``.
+
+    Building the network (the LLM included) is what gives the names under peft's wrappers.
+    """
+    trained = load_file(str(weights))
     network = parser.get_parsed_content("network_def")
-    state = {name: p.detach().cpu().clone() for name, p in network.named_parameters()
-             if canonical_name(name.removeprefix("model.")) in trained}
+    state = {}
+    for name, _ in network.named_parameters():
+        key = canonical_name(name.removeprefix("model."))
+        if key in trained:
+            state[name] = trained[key]
     if len(state) != len(trained):
         raise ValueError(f"{weights}: {len(trained) - len(state)} trained tensors have no parameter in network_def")
     return state

@@ -26,12 +26,24 @@ def _names(text: str, option: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(option.lower())}(?!\w)", text.lower()) is not None
 
 
+def _listed_options(text: str, choices: dict[str, str] | None) -> set[str]:
+    """Letters written as options: "B." / "(B)" followed by that option's text (with ``choices``), so that "type A
+    dissection" or "Hepatitis C." in an answer is not read as another option; without choices, every marker."""
+    listed = set()
+    for match in _MARKER.finditer(text):
+        letter, option = match.group(1), (choices or {}).get(match.group(1), "")
+        following = text[match.end():].lstrip().lower()
+        if not choices or (option and option != PLACEHOLDER and following.startswith(option.lower())):
+            listed.add(letter)
+    return listed
+
+
 def parse_choice(prediction: str, choices: dict[str, str] | None = None) -> str | None:
     """The option an answer commits to: its leading letter (``"B."``, ``"B)"``, ``"B"``), else the one option text
     it names as whole words (when ``choices`` is given; an option inside a longer named one, "liver" in "liver cyst",
-    does not count); None when it names no option or several ("A. liver B. spleen")."""
+    does not count); None when it names no option or lists several ("A. liver B. spleen")."""
     text = prediction.strip()
-    if len(set(_MARKER.findall(text))) > 1:
+    if len(_listed_options(text, choices)) > 1:
         return None
     match = _LETTER.match(text)
     if match:

@@ -106,7 +106,8 @@ def word_tokens(text: str) -> list[str]:
     from nltk.tokenize import NLTKWordTokenizer
 
     tokenizer = NLTKWordTokenizer()
-    return [token for sentence in _SENTENCE_END.split(text.strip()) if sentence for token in tokenizer.tokenize(sentence)]
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    return [token for sentence in sentences for token in tokenizer.tokenize(sentence)]
 
 
 def meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float]:

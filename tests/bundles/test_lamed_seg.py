@@ -121,13 +121,18 @@ def test_exported_copy_loads_and_segments_as_monai_label_loads_it(inference, dem
     with strict=False — the mask equals the bundle's."""
     from monai.bundle import ConfigParser
 
+    import os
+
     copy = tmp_path / "lamed_seg"
-    result = run_module("m3d_components.cli", "export-monailabel", str(copy), "--demo",
-                        *_dirs(demo_dir, clip_trained, lamed_trained, seg_trained),
-                        "--weights", str(seg_trained / "models" / "trained.safetensors"))
+    dirs = _dirs(demo_dir, clip_trained, lamed_trained, seg_trained)
+    vit = dirs[dirs.index("--pretrained_vit") + 1]
+    dirs[dirs.index("--pretrained_vit") + 1] = os.path.relpath(vit, tmp_path)  # as typed in tmp_path
+    result = run_module("m3d_components.cli", "export-monailabel", str(copy), "--demo", *dirs,
+                        "--weights", str(seg_trained / "models" / "trained.safetensors"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (copy / "configs").iterdir()) == [
         "inference.json", "logging.conf", "metadata.json", "settings_schema.json"]
+    assert json.loads((copy / "configs" / "inference.json").read_text())["pretrained_vit"] == str(Path(vit).resolve())
 
     parser = ConfigParser()
     parser.read_config(str(copy / "configs" / "inference.json"))

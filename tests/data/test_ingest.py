@@ -301,6 +301,18 @@ def test_a_ct_window_on_a_scan_without_air_is_warned_about(tmp_path, caplog):
     assert "Hounsfield" not in caplog.text
 
 
+def test_an_enhanced_multiframe_dicom_is_refused(tmp_path):
+    """Per-frame geometry that MONAI's reader ignores (it would build an identity affine) is named, not guessed."""
+    header = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    header.NumberOfFrames = 4
+    del header.ImagePositionPatient
+    path = tmp_path / "enhanced.dcm"
+    header.save_as(str(path))
+    with pytest.raises(DataError, match="enhanced multi-frame DICOM") as info:
+        prepare_volume(path, tmp_path / "out.npy", spatial_size=(8, 8, 8))
+    assert info.value.source == str(path)
+
+
 def test_bad_options_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="window"):
         prepare_volume(T1, tmp_path / "out.npy", window="liver")

@@ -243,8 +243,9 @@ def test_judge_fingerprint_reads_the_model_files_cheaply(tmp_path, monkeypatch):
     assert bench._model_fingerprint(folder) != before
     gguf = tmp_path / "judge.gguf"
     gguf.write_bytes(bytes(5000))
-    assert bench._model_fingerprint(gguf) == bench._model_fingerprint(gguf)
-    assert bench._model_fingerprint(gguf) != bench._model_fingerprint(folder)
+    single = bench._model_fingerprint(gguf)
+    gguf.write_bytes(bytes(2000) + b"x" + bytes(2999))  # a middle byte, beyond the first and last KiB: not read
+    assert bench._model_fingerprint(gguf) == single != bench._model_fingerprint(folder)
 
 
 @pytest.mark.parametrize("reply, score", [

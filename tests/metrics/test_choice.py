@@ -20,7 +20,10 @@ def test_lenient_rule_accepts_an_answer_listing_every_option_strict_does_not():
     hedge = "A. Axial B. Sagittal C. Coronal D. Oblique"
     assert all(lenient_correct(hedge, letter) for letter in "ABCD")
     assert parse_choice(hedge, CHOICES) is None and not strict_correct(hedge, "A")
-    assert parse_choice("A. Axial. B. is wrong because", CHOICES) is None
+    assert parse_choice("A. Axial. B. Sagittal is wrong because", CHOICES) is None
+    letters = {"A": "Type A dissection", "B": "Hepatitis C", "C": "Vitamin D deficiency", "D": "NA"}
+    assert parse_choice("A. Type A dissection (Stanford A).", letters) == "A"  # letters inside options are not options
+    assert parse_choice("B. Hepatitis C.", letters) == "B"
     assert not lenient_correct("B Sagittal", "B") and strict_correct("B Sagittal", "B", CHOICES)
 
 
