@@ -61,7 +61,7 @@ class PrepareCommand:
         """
         from m3d_components.data.prepare_cap import prepare_m3d_cap
 
-        fractions = tuple(float(f) for f in (split if isinstance(split, (tuple, list)) else str(split).split(",")))
+        fractions = tuple(float(f) for f in _listed(split))
         print(json.dumps(prepare_m3d_cap(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype,
                                          workers=workers, split=fractions, seed=seed, min_slices=min_slices)))
 
@@ -82,10 +82,8 @@ class PrepareCommand:
         """
         from m3d_components.data.prepare_seg import prepare_m3d_seg
 
-        if codes is not None:  # text "0003,0011", or what fire made of it: a tuple, a number (0000 reads as 0)
-            items = codes.split(",") if isinstance(codes, str) else list(codes) if isinstance(codes, (tuple, list)) \
-                else [codes]
-            codes = [f"{c:04d}" if isinstance(c, int) else str(c).strip() for c in items]
+        if codes is not None:  # fire reads 0000 as the number 0
+            codes = [f"{c:04d}" if isinstance(c, int) else str(c) for c in _listed(codes)]
         print(json.dumps(prepare_m3d_seg(raw, out, spatial_size=_shape(size, "size"), cache_dtype=cache_dtype,
                                          window=window, codes=codes, test_fraction=test_fraction, seed=seed,
                                          workers=workers)))
@@ -220,14 +218,12 @@ class M3DCommand:
         """
         from m3d_components.engines.paths import run_bundle
 
-        settings = {"image": str(Path(str(image)).resolve()), **_demo_run_models(bundle, demo_run, demo), **overrides}
+        configs, settings = _inference_run(bundle, demo, demo_run, weights, overrides)
+        settings["image"] = str(Path(str(image)).resolve())
         if question is not None:
             settings["question"] = str(question)
-        if weights is not None:
-            settings["weights"] = str(Path(weights).resolve())
         if out is not None:
             settings["inference_dir"] = str(Path(out).resolve())
-        configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
         result = run_bundle(bundle, configs, **settings)[0]
         print(json.dumps(result, indent=2))
 
@@ -282,10 +278,8 @@ class M3DCommand:
         """
         from m3d_components.engines.paths import run_bundle
 
-        settings = {"merged_dir": str(Path(out).resolve()), **_demo_run_models(bundle, demo_run, demo), **overrides}
-        if weights is not None:
-            settings["weights"] = str(Path(weights).resolve())
-        configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
+        configs, settings = _inference_run(bundle, demo, demo_run, weights, overrides)
+        settings["merged_dir"] = str(Path(out).resolve())
         run_bundle(bundle, configs, run_id="merge", **settings)
         print(json.dumps({"merged": settings["merged_dir"]}))
 
@@ -303,10 +297,7 @@ class M3DCommand:
         """
         from m3d_components.engines.monailabel import export_bundle
 
-        settings = {**_demo_run_models(bundle, demo_run, demo), **overrides}
-        if weights is not None:
-            settings["weights"] = str(Path(weights).resolve())
-        configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
+        configs, settings = _inference_run(bundle, demo, demo_run, weights, overrides)
         print(json.dumps(export_bundle(bundle, configs, Path(out).resolve(), **settings)))
 
     def make_demo_data(self, out: str = "demo", n_train: int = 800, n_val: int = 40, n_test: int = 100,
@@ -350,14 +341,30 @@ class M3DCommand:
             sys.exit(1)
 
 
-def _demo_run_models(bundle: str, demo_run: str, demo: bool) -> dict[str, str]:
-    """The ``m3d demo`` outputs a ``--demo`` infer or merge reads: its CLIP vision encoder and the bundle's models
-    folder, when that run made them (the demo overlay alone reads the bundle's ``models/demo``)."""
+def _inference_run(bundle: str, demo: bool, demo_run: str, weights: str | None,
+                   overrides: dict) -> tuple[list[str], dict]:
+    """The configs and settings of a run over a bundle's ``inference.json`` (infer, merge-lora, export-monailabel).
+
+    With ``demo``, the ``m3d demo`` outputs in ``demo_run`` are used when that run made them: its CLIP vision encoder
+    and the bundle's models folder (the demo overlay alone reads the bundle's ``models/demo``).
+    """
+    configs = ["train.json", *(["demo.json"] if demo else []), "inference.json"]
+    settings: dict = {}
     run = Path(str(demo_run)).resolve()
-    if not demo or not (run / bundle / "models").is_dir():
-        return {}
-    return {"pretrained_vit": str(run / "clip_pretrain" / "models" / "vision_encoder.safetensors"),
-            "models_dir": str(run / bundle / "models")}
+    if demo and (run / bundle / "models").is_dir():
+        settings = {"pretrained_vit": str(run / "clip_pretrain" / "models" / "vision_encoder.safetensors"),
+                    "models_dir": str(run / bundle / "models")}
+    settings.update(overrides)
+    if weights is not None:
+        settings["weights"] = str(Path(weights).resolve())
+    return configs, settings
+
+
+def _listed(value) -> list:
+    """A list option as typed (``0.8,0.1,0.1``) or as fire read it (a tuple, or one number)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)

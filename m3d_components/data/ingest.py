@@ -133,22 +133,36 @@ def _visible_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
 
 
-def _dicom_headers(folder: Path) -> dict[Path, Dataset]:
-    """Headers of the DICOM images directly in ``folder``; other files (text, DICOMDIR, reports) are skipped."""
+def _dicom_header(path: Path) -> Dataset | None:
+    """The header of a DICOM image, None for another file (text, DICOMDIR, a report without pixel rows).
+
+    Raises:
+        DataError: a truncated or corrupt header, or an enhanced multi-frame image: its position, orientation and
+            rescale are kept per frame, which MONAI's reader does not read (it would build an identity affine and
+            raw values, a volume that looks right and is not).
+    """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    headers = {}
-    for path in _visible_files(folder):
-        try:
-            header = dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:  # no DICM prefix: not a DICOM file
-            continue
-        except Exception as err:  # a truncated or corrupt header
-            raise DataError(str(path), f"cannot read the DICOM header ({type(err).__name__}: {err})") from err
-        if "Rows" in header:  # an image; a DICOMDIR or a report has no pixel rows
-            headers[path] = header
-    return headers
+    try:
+        header = dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:  # no DICM prefix: not a DICOM file
+        return None
+    except Exception as err:  # a truncated or corrupt header
+        raise DataError(str(path), f"cannot read the DICOM header ({type(err).__name__}: {err})") from err
+    if "Rows" not in header:
+        return None
+    if int(header.get("NumberOfFrames", 1) or 1) > 1 and "ImagePositionPatient" not in header:
+        raise DataError(
+            str(path), "an enhanced multi-frame DICOM (geometry per frame), which is not read here; convert it to "
+            "NIfTI first (e.g. dcm2niix) or pass a folder of single-frame slices"
+        )
+    return header
+
+
+def _dicom_headers(folder: Path) -> dict[Path, Dataset]:
+    """Headers of the DICOM images directly in ``folder`` (see :func:`_dicom_header`)."""
+    return {path: header for path in _visible_files(folder) if (header := _dicom_header(path)) is not None}
 
 
 def _no_dicom_problem(folder: Path) -> str:
@@ -242,24 +256,6 @@ def _series_files(folder: Path) -> list[Path]:
     return list(headers)
 
 
-def _refuse_enhanced_multiframe(src: Path, files: Sequence[Path]) -> None:
-    """An enhanced multi-frame DICOM keeps each frame's position, orientation and rescale in per-frame groups, which
-    MONAI's reader does not read: it would build an identity affine and raw values, a volume that looks right and is
-    not."""
-    from pydicom import dcmread
-
-    for file in files if len(files) == 1 else []:
-        try:
-            header = dcmread(str(file), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - not DICOM at all: the reader says so below
-            return
-        if int(header.get("NumberOfFrames", 1) or 1) > 1 and "ImagePositionPatient" not in header:
-            raise DataError(
-                str(src), f"{file.name} is an enhanced multi-frame DICOM (geometry per frame), which is not read here; "
-                "convert it to NIfTI first (e.g. dcm2niix) or pass a folder of single-frame slices"
-            )
-
-
 class _SeriesReader(PydicomReader):
     """MONAI's DICOM reader restricted to the checked files of one series, stacking them in position order.
 
@@ -287,10 +283,13 @@ def _read(src: Path, what: str) -> MetaTensor:
     if not src.exists():
         raise DataError(str(src), f"{what} not found")
     name = _reader_name(src)
-    files = _series_files(src) if src.is_dir() else [src]
-    if name == "PydicomReader":
-        _refuse_enhanced_multiframe(src, files)
-    reader = _SeriesReader(files) if src.is_dir() else PydicomReader() if name == "PydicomReader" else NibabelReader()
+    if src.is_dir():
+        reader = _SeriesReader(_series_files(src))
+    elif name == "PydicomReader":
+        _dicom_header(src)  # a file that is not DICOM at all is left to the reader's error below
+        reader = PydicomReader()
+    else:
+        reader = NibabelReader()
     try:
         with _tracking_meta():  # a reader given at call time has no fallback to MONAI's others
             return LoadImage(image_only=True, ensure_channel_first=True)(str(src), reader=reader)
@@ -346,11 +345,16 @@ def _warn_unless_hounsfield(image: torch.Tensor, window: str, src: str) -> None:
                        src, lowest, window)
 
 
+def _ct_range(window: str) -> tuple[float, float]:
+    """The Hounsfield units a CT preset maps to 0 and 1."""
+    width, level = WINDOWS[window]
+    return level - width / 2, level + width / 2
+
+
 def _intensity_range(image: torch.Tensor, window: str, src: str) -> tuple[float, float]:
     if window in WINDOWS:
         _warn_unless_hounsfield(image, window, src)
-        width, level = WINDOWS[window]
-        return level - width / 2, level + width / 2
+        return _ct_range(window)
     lo, hi = (float(v) for v in np.percentile(image.numpy(), PERCENTILES))
     if hi - lo <= 1e-8:
         raise DataError(src, f"the {PERCENTILES} percentiles are equal ({lo:g}); the percentile window is empty")
@@ -460,8 +464,7 @@ class CheckScand(MapTransform):
             src = str(getattr(image, "meta", {}).get("filename_or_obj", key))
             check_scan(image, src)
             _warn_unless_hounsfield(image, self.window, src)
-            width, level = WINDOWS[self.window]
-            if float(image.max()) <= level - width / 2:
+            if float(image.max()) <= _ct_range(self.window)[0]:
                 raise DataError(src, f"no voxel lies above the floor of the {self.window!r} window; choose another")
         return d
 
@@ -475,14 +478,13 @@ def scan_transforms(window: str = "abdomen", spatial_size: Sequence[int] = CANON
     """
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {tuple(WINDOWS)} for scan_transforms, got {window!r}")
-    width, level = WINDOWS[window]
+    lo, hi = _ct_range(window)
     return Compose([
         LoadImaged(keys=key),
         EnsureChannelFirstd(keys=key),
         CheckScand(keys=key, window=window),
         Orientationd(keys=key, axcodes=CANONICAL_AXCODES, labels=_RAS_LABELS),
-        ScaleIntensityRanged(keys=key, a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0,
-                             clip=True),
+        ScaleIntensityRanged(keys=key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(keys=key, source_key=key, allow_smaller=True),
         Resized(keys=key, spatial_size=check_spatial_size(spatial_size), mode="trilinear", align_corners=False),
     ])

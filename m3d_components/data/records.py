@@ -51,6 +51,7 @@ def resolve_path(
     candidates = [path] if path.is_absolute() or not roots else [Path(root) / path for root in roots]
     found = next((c for c in candidates if c.is_file()), None) if check else candidates[0]
     if found is None:
-        where = f" under data_root {' or '.join(repr(str(r)) for r in roots)}" if roots and not path.is_absolute() else ""
+        searched = " or ".join(repr(str(r)) for r in roots)
+        where = f" under data_root {searched}" if roots and not path.is_absolute() else ""
         raise DataError(source, f"{column} {value!r} not found{where}", row)
     return found

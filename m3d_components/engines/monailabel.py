@@ -39,7 +39,8 @@ def export_bundle(bundle: str, configs: list[str], out: str | os.PathLike, **ove
 
     Model paths (the LLM, the vision encoder) stay where they are, as absolute paths (relative ones given in
     ``overrides`` are resolved here); the trained weights are copied. The network is built once to name the tensors
-    of ``model.pt``, so the export needs the memory of the model on the CPU. The copy also runs as ``python -m monai.bundle run --config_file <out>/configs/inference.json``.
+    of ``model.pt``, so the export needs the memory of the model on the CPU. The copy also runs as
+    ``python -m monai.bundle run --config_file <out>/configs/inference.json``.
 
     Returns:
         the written ``inference.json``, ``model.pt`` and ``trained.safetensors``.

@@ -103,11 +103,15 @@ def word_tokens(text: str) -> list[str]:
     """Words as ``nltk.word_tokenize`` (the tokenizer of the published protocol's METEOR) splits them: sentence by
     sentence, so that "normal." inside a report becomes "normal" and "." as it does at the end. A punctuation rule
     stands in for the Punkt sentence model, whose data would have to be downloaded."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    return [token for sentence in sentences for token in _word_tokenizer().tokenize(sentence)]
+
+
+@lru_cache(maxsize=1)
+def _word_tokenizer():
     from nltk.tokenize import NLTKWordTokenizer
 
-    tokenizer = NLTKWordTokenizer()
-    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
-    return [token for sentence in sentences for token in tokenizer.tokenize(sentence)]
+    return NLTKWordTokenizer()
 
 
 def meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
